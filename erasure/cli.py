@@ -1,0 +1,152 @@
+"""`sd-erase`: a thin command line over the Python API (erasure.methods.erase and friends)."""
+
+import argparse
+import sys
+
+from . import __version__
+
+METHOD_NAMES = ("salun",)  # erasure.methods.METHODS, listed here so --help does not import torch
+SCOPE_NAMES = ("full", "xattn", "noxattn")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports bad input as one line (problem + where to look), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive_ratio(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} is outside (0, 1]: use e.g. 0.5 to update the most salient half")
+    return value
+
+
+def add_erase_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="base pipeline: a local diffusers folder or a Hub id (e.g. CompVis/stable-diffusion-v1-4)")
+    p.add_argument("--revision", help="Hub revision (branch, tag or commit) of --model")
+    p.add_argument("--concept", required=True, help="what to erase, e.g. nudity or 'a cat'; sets default prompts")
+    p.add_argument("--output", required=True, help="folder to write the erased pipeline to (must not exist, see --overwrite)")
+    p.add_argument("--method", default="salun", choices=METHOD_NAMES, help="erasure method (default: salun)")
+    data = p.add_argument_group("forget and retain data")
+    data.add_argument("--forget-prompt", action="append", dest="forget_prompts", metavar="TEXT",
+                      help="prompt of the forget set (repeatable); default 'a photo of a nude person' for nudity, else 'a photo of CONCEPT'")
+    data.add_argument("--retain-prompt", action="append", dest="retain_prompts", metavar="TEXT",
+                      help="prompt of the retain set (repeatable); default 'a photo of a person wearing clothes' for nudity, else 'a photo'")
+    data.add_argument("--misaligned-prompt", action="append", dest="misaligned_prompts", metavar="TEXT",
+                      help="prompt c' whose prediction forget images are steered to (repeatable, paired with forget prompts); default: the retain prompts")
+    data.add_argument("--forget-images", metavar="DIR", help="use these images as the forget set (captions from metadata.jsonl or .txt files) instead of synthesizing")
+    data.add_argument("--retain-images", metavar="DIR", help="use these images as the retain set instead of synthesizing")
+    data.add_argument("--num-images", type=int, default=800, help="images synthesized for each of the forget and retain sets (default: 800)")
+    data.add_argument("--synthesis-steps", type=int, default=50, help="sampler steps when synthesizing (default: 50)")
+    data.add_argument("--synthesis-guidance-scale", type=float, default=7.5, help="guidance scale when synthesizing (default: 7.5)")
+    data.add_argument("--synthesis-batch-size", type=int, default=8, help="images per synthesis batch (default: 8)")
+    data.add_argument("--resolution", type=int, help="image size of the data (default: the model's)")
+    data.add_argument("--cache-dir", help="where synthesized/encoded latents are cached (default: $SD_ERASURE_CACHE or ~/.cache/sd-erasure)")
+    sal = p.add_argument_group("saliency")
+    sal.add_argument("--mask-ratio", type=_positive_ratio, default=0.5, help="share of the scope's weights to update, in (0, 1] (default: 0.5)")
+    sal.add_argument("--scope", default="full", choices=SCOPE_NAMES, help="weights eligible for the mask: full UNet, xattn (cross-attention), noxattn (default: full)")
+    sal.add_argument("--saliency-guidance-scale", type=float, default=7.5, help="w of the guided forget loss that ranks weights (default: 7.5)")
+    train = p.add_argument_group("unlearning")
+    train.add_argument("--steps", type=int, default=100, help="optimizer steps (default: 100, one epoch of 800 images at batch 8)")
+    train.add_argument("--batch-size", type=int, default=8, help="forget and retain samples per step and device (default: 8)")
+    train.add_argument("--learning-rate", type=float, default=1e-5, help="Adam learning rate (default: 1e-5)")
+    train.add_argument("--retain-loss-weight", type=float, help="alpha, weight of the retain loss (default: 0.1 for nudity, 0.5 otherwise)")
+    train.add_argument("--gradient-accumulation-steps", type=int, default=1, help="micro-batches per optimizer step (default: 1)")
+    train.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory in the UNet")
+    train.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"), help="autocast precision; weights stay fp32 (default: no)")
+    train.add_argument("--seed", type=int, default=0, help="seed of data synthesis, noise and sampling (default: 0)")
+    run = p.add_argument_group("run control")
+    run.add_argument("--checkpointing-steps", type=int, default=0, help="save a resumable checkpoint every K steps (default: 0, off)")
+    run.add_argument("--checkpoints-total-limit", type=int, default=2, help="checkpoints kept while running (default: 2)")
+    run.add_argument("--resume-from-checkpoint", metavar="latest|PATH", help="continue an interrupted run of the same --output")
+    run.add_argument("--report-to", choices=("tensorboard",), help="log losses to OUT/logs")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing --output (only once the new one is complete)")
+    run.add_argument("--allow-pickle", action="store_true", help="load a base model that has only pickled .bin/.ckpt weights (runs code: trusted sources only)")
+
+
+def config_from_args(args):
+    from .methods import METHODS
+
+    config_class = METHODS[args.method].SalUnConfig
+    return config_class(
+        model=args.model, revision=args.revision, concept=args.concept, output_dir=args.output,
+        forget_prompts=args.forget_prompts or [], retain_prompts=args.retain_prompts or [],
+        misaligned_prompts=args.misaligned_prompts or [], forget_images=args.forget_images,
+        retain_images=args.retain_images, num_images=args.num_images, synthesis_steps=args.synthesis_steps,
+        synthesis_guidance_scale=args.synthesis_guidance_scale, synthesis_batch_size=args.synthesis_batch_size,
+        resolution=args.resolution, cache_dir=args.cache_dir, mask_ratio=args.mask_ratio, scope=args.scope,
+        saliency_guidance_scale=args.saliency_guidance_scale, steps=args.steps, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, retain_loss_weight=args.retain_loss_weight,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        gradient_checkpointing=args.gradient_checkpointing, mixed_precision=args.mixed_precision, seed=args.seed,
+        checkpointing_steps=args.checkpointing_steps, checkpoints_total_limit=args.checkpoints_total_limit,
+        resume_from_checkpoint=args.resume_from_checkpoint, report_to=args.report_to, overwrite=args.overwrite,
+        allow_pickle=args.allow_pickle,
+    )
+
+
+def cmd_erase(args) -> int:
+    from .methods import erase
+
+    erase(config_from_args(args))
+    return 0
+
+
+def cmd_random_pipeline(args) -> int:
+    import os
+
+    from pipelines.random_sd import build_random_pipeline
+
+    from .errors import EraseError
+    from .model_io import save_stock_pipeline
+
+    if os.path.exists(args.output):
+        raise EraseError(f"{args.output} already exists: choose another folder")
+    pipeline = build_random_pipeline(args.size, seed=args.seed, tokenizer_dir=os.path.join(args.output + ".incomplete", "tokenizer"))
+    save_stock_pipeline(pipeline, args.output + ".incomplete")
+    os.rename(args.output + ".incomplete", args.output)
+    print(f"wrote a {args.size} Stable Diffusion pipeline with random weights to {args.output}")
+    return 0
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="sd-erase", description="Erase a concept from a Stable Diffusion checkpoint; "
+                    "the result is a stock diffusers StableDiffusionPipeline folder.")
+    parser.add_argument("--version", action="version", version=f"sd-erasure {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    erase_parser = sub.add_parser("erase", help="erase a concept and write the erased pipeline",
+                                  description="Erase a concept with SalUn: saliency mask, then masked fine-tuning. "
+                                  "Writes OUT/ (a StableDiffusionPipeline), OUT/saliency_mask.safetensors and OUT/erasure.json.")
+    add_erase_arguments(erase_parser)
+    erase_parser.set_defaults(run=cmd_erase)
+    random_parser = sub.add_parser("random-pipeline", help="write a Stable Diffusion pipeline with random weights (smoke tests, benchmarks)",
+                                   description="Write a StableDiffusionPipeline with random weights, built offline: "
+                                   "'tiny' runs anywhere in seconds, 'sd15' has the exact SD-1.5 shapes.")
+    random_parser.add_argument("output", help="folder to create")
+    random_parser.add_argument("--size", default="tiny", choices=("tiny", "sd15"), help="tiny (default) or sd15")
+    random_parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
+    random_parser.set_defaults(run=cmd_random_pipeline)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .errors import EraseError, TrainingDiverged
+
+    try:
+        return args.run(args)
+    except EraseError as err:
+        print(f"sd-erase: error: {err}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as err:
+        print(f"sd-erase: stopped: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("sd-erase: interrupted; continue with the same command plus --resume-from-checkpoint latest", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

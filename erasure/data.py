@@ -1,0 +1,147 @@
+"""Forget and retain sets as latents: synthesized by the base pipeline, or encoded from image folders.
+
+Latents are what training consumes, so synthesis stops at the latent (no decode/encode round
+trip) and encoding happens once. Both are cached on disk, one file per batch, keyed by
+everything that determines them: a second run with the same data loads instead of
+regenerating, and an interrupted synthesis resumes at the next missing batch.
+"""
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .diffusion import seeded_generator
+from .errors import EraseError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+@dataclass
+class LatentSet:
+    """Latents (N, C, h, w) in the UNet's scaled latent space, with the caption of each."""
+
+    latents: torch.Tensor
+    prompts: list[str]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def default_cache_dir() -> str:
+    if os.environ.get("SD_ERASURE_CACHE"):
+        return os.environ["SD_ERASURE_CACHE"]
+    return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "sd-erasure")
+
+
+def _cache_folder(cache_dir: str, kind: str, key: dict) -> str:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    folder = os.path.join(cache_dir, kind, digest)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "key.json"), "w") as f:
+        json.dump(key, f, indent=1)
+    return folder
+
+
+def _cached_batches(folder: str, batches: list, compute, description: str, show_progress: bool) -> torch.Tensor:
+    """Load each batch's latents from `folder`, computing (and saving) only the missing ones."""
+    parts = []
+    for index, batch in enumerate(tqdm(batches, desc=description, disable=not show_progress)):
+        file = os.path.join(folder, f"batch-{index:05d}.safetensors")
+        if os.path.isfile(file):
+            parts.append(load_file(file)["latents"])
+            continue
+        latents = compute(index, batch).float().cpu().contiguous()
+        save_file({"latents": latents}, file + ".tmp")
+        os.replace(file + ".tmp", file)  # a batch file is either whole or absent
+        parts.append(latents)
+    return torch.cat(parts)
+
+
+def synthesize_latents(pipeline, prompts: list[str], num_images: int, *, seed: int, num_inference_steps: int,
+                       guidance_scale: float, resolution: int, batch_size: int, model_key: str,
+                       cache_dir: str | None = None, autocast=None, show_progress: bool = True) -> LatentSet:
+    """Generate `num_images` latents, cycling through `prompts`, with the pipeline's own sampler."""
+    captions = [prompts[i % len(prompts)] for i in range(num_images)]
+    batches = [captions[i:i + batch_size] for i in range(0, num_images, batch_size)]
+    key = dict(model=model_key, prompts=prompts, num_images=num_images, seed=seed, steps=num_inference_steps,
+               guidance_scale=guidance_scale, resolution=resolution, batch_size=batch_size,
+               scheduler=type(pipeline.scheduler).__name__)
+    folder = _cache_folder(cache_dir or default_cache_dir(), "synthesized", key)
+    pipeline.set_progress_bar_config(disable=True)
+
+    def generate(index, batch_prompts):
+        with autocast() if autocast else torch.autocast("cpu", enabled=False):
+            return pipeline(prompt=batch_prompts, num_inference_steps=num_inference_steps,
+                            guidance_scale=guidance_scale, height=resolution, width=resolution,
+                            generator=seeded_generator(seed, "synthesis", index), output_type="latent").images
+
+    latents = _cached_batches(folder, batches, generate, f"synthesizing {prompts[0]!r}", show_progress)
+    return LatentSet(latents, captions)
+
+
+def read_image_folder(folder: str, default_prompt: str) -> tuple[list[str], list[str]]:
+    """Image files of `folder` and their captions.
+
+    Captions come from `metadata.jsonl` (`file_name` + `text`, the 🤗 imagefolder layout), else a
+    `.txt` file beside each image, else `default_prompt`.
+    """
+    if not os.path.isdir(folder):
+        raise EraseError(f"image folder {folder} does not exist: give a folder of images (optional captions in metadata.jsonl)")
+    captions = {}
+    metadata = os.path.join(folder, "metadata.jsonl")
+    if os.path.isfile(metadata):
+        with open(metadata) as f:
+            for line in filter(str.strip, f):
+                row = json.loads(line)
+                captions[row["file_name"]] = row.get("text") or default_prompt
+    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+        raise EraseError(f"image folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)}): add some or use prompts instead")
+    prompts = []
+    for file in files:
+        sidecar = os.path.join(folder, os.path.splitext(file)[0] + ".txt")
+        if file in captions:
+            prompts.append(captions[file])
+        elif os.path.isfile(sidecar):
+            with open(sidecar) as f:
+                prompts.append(f.read().strip() or default_prompt)
+        else:
+            prompts.append(default_prompt)
+    return [os.path.join(folder, f) for f in files], prompts
+
+
+def _load_image(path: str, resolution: int) -> torch.Tensor:
+    """Resize the short side to `resolution`, center-crop, scale to [-1, 1] (the VAE's input range)."""
+    image = Image.open(path).convert("RGB")
+    scale = resolution / min(image.size)
+    image = image.resize((max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))),
+                         Image.BICUBIC)
+    left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
+    image = image.crop((left, top, left + resolution, top + resolution))
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+
+
+@torch.no_grad()
+def encode_image_folder(pipeline, folder: str, default_prompt: str, *, resolution: int, batch_size: int,
+                        model_key: str, cache_dir: str | None = None, show_progress: bool = True) -> LatentSet:
+    """VAE latents (distribution mean, times the scaling factor) of every image in `folder`."""
+    files, prompts = read_image_folder(folder, default_prompt)
+    stamps = [(os.path.basename(f), os.path.getsize(f), os.stat(f).st_mtime_ns) for f in files]
+    key = dict(model=model_key, folder=os.path.abspath(folder), files=stamps, resolution=resolution, batch_size=batch_size)
+    cache = _cache_folder(cache_dir or default_cache_dir(), "encoded", key)
+    vae = pipeline.vae
+
+    def encode(index, batch_files):
+        pixels = torch.stack([_load_image(f, resolution) for f in batch_files]).to(vae.device, vae.dtype)
+        return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+
+    batches = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
+    latents = _cached_batches(cache, batches, encode, f"encoding {folder}", show_progress)
+    return LatentSet(latents, prompts)

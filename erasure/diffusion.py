@@ -1,0 +1,57 @@
+"""Noise, timesteps and text embeddings: the diffusion primitives every method shares."""
+
+import hashlib
+
+import torch
+import torch.nn.functional as F
+
+
+def seeded_generator(seed: int, *keys) -> torch.Generator:
+    """A CPU generator for (seed, keys): the randomness of a step depends only on its position.
+
+    This makes a resumed run draw exactly what the uninterrupted run drew, and lets several
+    processes draw the same global batch and each take its share.
+    """
+    digest = hashlib.sha256(repr((seed, *keys)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def epoch_indices(n: int, count: int, start: int, seed: int, name: str) -> torch.Tensor:
+    """Sample positions start..start+count-1 of an endless sequence of shuffled epochs over n items."""
+    positions = torch.arange(start, start + count)
+    out = torch.empty(count, dtype=torch.long)
+    for epoch in positions.div(n, rounding_mode="floor").unique().tolist():
+        order = torch.randperm(n, generator=seeded_generator(seed, name, "epoch", epoch))
+        selected = positions // n == epoch
+        out[selected] = order[positions[selected] % n]
+    return out
+
+
+@torch.no_grad()
+def encode_prompts(pipeline, prompts: list[str], device) -> dict[str, torch.Tensor]:
+    """Text-encoder hidden states per unique prompt, computed once (the text encoder stays frozen)."""
+    unique = list(dict.fromkeys(prompts))
+    tokens = pipeline.tokenizer(unique, padding="max_length", max_length=pipeline.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt")
+    text_encoder = pipeline.text_encoder.to(device)
+    hidden = text_encoder(tokens.input_ids.to(device))[0]
+    return dict(zip(unique, hidden.float()))
+
+
+def stack_embeddings(embeddings: dict[str, torch.Tensor], prompts: list[str]) -> torch.Tensor:
+    return torch.stack([embeddings[p] for p in prompts])
+
+
+def prediction_target(scheduler, latents, noise, timesteps):
+    """What the UNet should predict for noised `latents`: the noise (SD 1.x) or the velocity (SD 2.x v-models)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"unsupported prediction_type {kind!r}: only epsilon and v_prediction models can be erased")
+
+
+def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of each sample (fp32), so losses do not depend on how samples are batched."""
+    return F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)

@@ -1,0 +1,83 @@
+"""Training plumbing shared by the methods: the Accelerator, checkpoints, phase timings and memory."""
+
+import os
+import re
+import resource
+import shutil
+import time
+from contextlib import contextmanager
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+
+from .errors import EraseError
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def make_accelerator(mixed_precision: str = "no", gradient_accumulation_steps: int = 1,
+                     project_dir: str | None = None, report_to: str | None = None) -> Accelerator:
+    if mixed_precision not in MIXED_PRECISION:
+        raise EraseError(f"unknown mixed precision {mixed_precision!r}: choose one of {', '.join(MIXED_PRECISION)}")
+    if report_to == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError as err:
+            raise EraseError("--report-to tensorboard needs tensorboard: pip install 'sd-erasure[tensorboard]'") from err
+    elif report_to is not None:
+        raise EraseError(f"unknown --report-to {report_to!r}: only tensorboard is supported")
+    project = ProjectConfiguration(project_dir=project_dir, logging_dir=os.path.join(project_dir, "logs")) if project_dir else None
+    try:
+        return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=gradient_accumulation_steps,
+                           log_with=report_to, project_config=project)
+    except ValueError as err:  # e.g. fp16 without a GPU
+        raise EraseError(f"--mixed-precision {mixed_precision}: {err}".splitlines()[0] + " (use bf16 or no on this machine)") from err
+
+
+def checkpoints(folder: str) -> list[str]:
+    """`checkpoint-N` folders in `folder`, oldest first."""
+    if not os.path.isdir(folder):
+        return []
+    found = [(int(m.group(1)), name) for name in os.listdir(folder) if (m := CHECKPOINT.match(name))]
+    return [os.path.join(folder, name) for _, name in sorted(found)]
+
+
+def checkpoint_step(path: str) -> int:
+    return int(CHECKPOINT.match(os.path.basename(os.path.normpath(path))).group(1))
+
+
+def save_checkpoint(accelerator: Accelerator, folder: str, step: int, total_limit: int | None) -> None:
+    """accelerator.save_state into folder/checkpoint-step, keeping at most `total_limit` checkpoints."""
+    accelerator.save_state(os.path.join(folder, f"checkpoint-{step}"))
+    if accelerator.is_main_process and total_limit:
+        for old in checkpoints(folder)[:-total_limit]:
+            shutil.rmtree(old)
+
+
+class PhaseTimer:
+    """Seconds and peak memory per phase (CUDA: peak allocated in the phase; CPU: peak RSS so far)."""
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self.seconds: dict[str, float] = {}
+        self.peak_memory_bytes: dict[str, int] = {}
+
+    @contextmanager
+    def phase(self, name: str):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_memory_bytes[name] = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self.peak_memory_bytes[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self.seconds[name] = round(time.perf_counter() - start, 3)
+
+    def report(self) -> dict:
+        kind = "cuda_max_allocated" if self.device.type == "cuda" else "cpu_max_rss"
+        return {"seconds": dict(self.seconds), "peak_memory": {"kind": kind, "bytes": dict(self.peak_memory_bytes)}}

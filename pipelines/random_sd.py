@@ -1,0 +1,114 @@
+"""Stable Diffusion pipelines with random weights, built offline.
+
+No weights can be downloaded in tests, CI or benchmarks, so these builders assemble a real
+`StableDiffusionPipeline` from configs: `tiny` for tests on a CPU, `sd15` with the exact
+SD-1.5 shapes (UNet 859.5M parameters) for GPU benchmarks. The tokenizer is a genuine CLIP
+byte-level BPE tokenizer written from a word list, so any prompt tokenizes.
+"""
+
+import json
+import os
+from typing import Iterable
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+DEFAULT_WORDS = (
+    "a photo of the an image drawing painting picture person people nude naked wearing clothes "
+    "cat dog car church tench parachute truck garbage style art red green blue yellow purple "
+    "circle square triangle cross star"
+).split()
+
+
+def _byte_to_unicode() -> dict[int, str]:
+    """CLIP's reversible byte -> printable character table (printable bytes map to themselves)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def write_clip_tokenizer(folder: str, words: Iterable[str], model_max_length: int = 77) -> CLIPTokenizer:
+    """Write a CLIP BPE tokenizer whose vocabulary holds every byte plus each word as one token.
+
+    transformers 5 ignores `vocab_file=` arguments for CLIPTokenizer and silently builds a
+    3-token vocabulary, so the files are written to `folder` and loaded with from_pretrained.
+    """
+    os.makedirs(folder, exist_ok=True)
+    byte_chars = list(_byte_to_unicode().values())
+    tokens = byte_chars + [c + "</w>" for c in byte_chars]
+    merges = []
+    for word in words:
+        symbols = [_byte_to_unicode()[b] for b in word.lower().encode("utf-8")]
+        symbols[-1] += "</w>"
+        merged = symbols[0]
+        for symbol in symbols[1:]:
+            merges.append(f"{merged} {symbol}")
+            merged += symbol
+            tokens.append(merged)
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}
+    with open(os.path.join(folder, "vocab.json"), "w") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(folder, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"model_max_length": model_max_length, "tokenizer_class": "CLIPTokenizer"}, f)
+    return CLIPTokenizer.from_pretrained(folder)
+
+
+SIZES = {
+    # 0.8M-parameter UNet on 8x8 latents (16x16 images): fast enough for CPU tests.
+    "tiny": dict(
+        unet=dict(sample_size=8, layers_per_block=1, block_out_channels=(32, 64),
+                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                  cross_attention_dim=32, attention_head_dim=8, norm_num_groups=16),
+        vae=dict(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                 up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8, sample_size=16),
+        text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
+        vocab_size=None,
+    ),
+    # The shapes of SD 1.5: diffusers' default UNet config is the SD 1.x UNet (859.5M).
+    "sd15": dict(
+        unet=dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8),
+        vae=dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                 up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, sample_size=512),
+        text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                  hidden_act="quick_gelu"),
+        vocab_size=49408,
+    ),
+}
+
+
+def build_random_pipeline(size: str = "tiny", seed: int = 0, tokenizer_dir: str | None = None) -> StableDiffusionPipeline:
+    """A `StableDiffusionPipeline` of the given size with random weights (seeded), no safety checker.
+
+    The tokenizer files go to `tokenizer_dir` (a temporary folder when None).
+    """
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
+    spec = SIZES[size]
+    if tokenizer_dir is None:
+        import tempfile
+
+        tokenizer_dir = tempfile.mkdtemp(prefix="sd-erasure-tokenizer-")
+    tokenizer = write_clip_tokenizer(tokenizer_dir, DEFAULT_WORDS)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**spec["unet"])
+    vae = AutoencoderKL(latent_channels=4, **spec["vae"])
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=spec["vocab_size"] or len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, projection_dim=spec["text"]["hidden_size"], **spec["text"],
+    ))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
