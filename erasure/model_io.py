@@ -94,7 +94,7 @@ def load_pipeline(base: BaseModel, allow_pickle: bool = False, pipeline_class=St
         raise EraseError(f"could not load {base.name}: {err}".splitlines()[0]) from err
 
 
-def save_stock_pipeline(pipeline, folder: str, tokenizer_source: str | None = None) -> None:
+def save_stock_pipeline(pipeline, folder: str, tokenizer_source: str | None = None, **save_kwargs) -> None:
     """Save as a stock `StableDiffusionPipeline` (what plain `DiffusionPipeline.from_pretrained` loads).
 
     A subclass name in model_index.json would break plain diffusers, so the components are
@@ -105,7 +105,7 @@ def save_stock_pipeline(pipeline, folder: str, tokenizer_source: str | None = No
     stock = StableDiffusionPipeline(
         **components, requires_safety_checker=getattr(pipeline.config, "requires_safety_checker", False)
     )
-    stock.save_pretrained(folder, safe_serialization=True)
+    stock.save_pretrained(folder, **{"safe_serialization": True, **save_kwargs})
     if tokenizer_source:
         for name in ("vocab.json", "merges.txt"):
             src = os.path.join(tokenizer_source, "tokenizer", name)

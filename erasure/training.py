@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration
 
 from .errors import EraseError
@@ -29,6 +30,9 @@ def make_accelerator(mixed_precision: str = "no", gradient_accumulation_steps: i
     elif report_to is not None:
         raise EraseError(f"unknown --report-to {report_to!r}: only tensorboard is supported")
     project = ProjectConfiguration(project_dir=project_dir, logging_dir=os.path.join(project_dir, "logs")) if project_dir else None
+    # AcceleratorState is a process-wide singleton that refuses a second erase with another
+    # precision (a notebook erasing twice); the process-group part (PartialState) is kept.
+    AcceleratorState._reset_state()
     try:
         return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=gradient_accumulation_steps,
                            log_with=report_to, project_config=project)

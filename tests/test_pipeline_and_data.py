@@ -1,0 +1,76 @@
+"""The erasure-capable pipeline class, image-folder forget sets, precision and accumulation settings."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import FAST, erase_cli, unet_weights
+from erasure.diffusion import epoch_indices
+from erasure.saliency import load_mask
+
+
+def test_pipeline_erase_in_memory_then_save_as_stock(tiny_sd, tmp_path):
+    from diffusers import DiffusionPipeline
+    from pipelines import StableDiffusionErasurePipeline
+
+    pipe = StableDiffusionErasurePipeline.from_pretrained(str(tiny_sd))
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    mask = pipe.erase("nudity", num_images=8, synthesis_steps=2, steps=3, batch_size=4)
+    after = pipe.unet.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.equal(before[k][~mask[k]], after[k][~mask[k]]) for k in before)
+    assert pipe.erasure_record["steps"] == 3
+    # inference is StableDiffusionPipeline's, and runs in fp32 as before (no leftover autocast)
+    image = pipe("a photo", num_inference_steps=2, output_type="latent").images
+    assert image.dtype == torch.float32 and image.shape == (1, 4, 8, 8)
+    pipe.save_pretrained(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
+    reloaded = DiffusionPipeline.from_pretrained(str(tmp_path / "saved"))
+    assert all(torch.equal(after[k], v) for k, v in reloaded.unet.state_dict().items())
+
+
+def test_forget_set_from_an_image_folder_with_captions(tiny_sd, tmp_path):
+    images = tmp_path / "cats"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (24, 20, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    (images / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"{i}.png", "text": f"a cat number {i}"}) + "\n"
+                                                   for i in range(3)))
+    (images / "3.txt").write_text("a cat from a text file")
+    out = tmp_path / "out"
+    assert erase_cli("--model", tiny_sd, "--concept", "a cat", "--output", out, "--forget-images", images,
+                     "--misaligned-prompt", "a photo of a dog", *FAST) == 0
+    record = json.loads((out / "erasure.json").read_text())
+    assert record["data"]["forget_size"] == 5
+    assert record["prompts"]["misaligned"] == ["a photo of a dog"]
+    assert record["hyperparameters"]["retain_loss_weight"] == 0.5  # the class-wise default
+
+
+@pytest.mark.parametrize("extra", [["--mixed-precision", "bf16"], ["--gradient-accumulation-steps", "2", "--gradient-checkpointing"]])
+def test_training_options_keep_non_salient_weights_bit_identical(tiny_sd, tmp_path, extra):
+    out = tmp_path / "out"
+    assert erase_cli("--model", tiny_sd, "--concept", "nudity", "--output", out, *FAST, *extra) == 0
+    base, new, mask = unet_weights(tiny_sd), unet_weights(out), load_mask(out / "saliency_mask.safetensors")
+    assert all(torch.equal(base[k][~mask[k]], new[k][~mask[k]]) for k in base)
+    assert any(not torch.equal(base[k], new[k]) for k in base)
+    assert new["conv_in.weight"].dtype == torch.float32
+
+
+def test_epoch_indices_visit_every_sample_once_per_epoch():
+    first_two_epochs = epoch_indices(10, 20, 0, seed=3, name="forget")
+    assert sorted(first_two_epochs[:10].tolist()) == list(range(10)) == sorted(first_two_epochs[10:].tolist())
+    # any window of the sequence is the same whoever draws it
+    assert torch.equal(epoch_indices(10, 7, 6, seed=3, name="forget"), first_two_epochs[6:13])
+
+
+def test_random_pipeline_tokenizer_keeps_words_whole(tiny_sd):
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(os.path.join(tiny_sd, "tokenizer"))
+    assert tokenizer.tokenize("a nude person") == ["a</w>", "nude</w>", "person</w>"]
+    assert len(tokenizer("unseen words still tokenize").input_ids) > 5
