@@ -1,6 +1,7 @@
 """`sd-erase`: a thin command line over the Python API (erasure.methods.erase and friends)."""
 
 import argparse
+import os
 import sys
 
 from . import __version__
@@ -95,8 +96,6 @@ def cmd_erase(args) -> int:
 
 
 def cmd_random_pipeline(args) -> int:
-    import os
-
     from pipelines.random_sd import build_random_pipeline
 
     from .errors import EraseError
@@ -133,6 +132,10 @@ def build_parser() -> Parser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # Library warnings (transformers' note on torchvision, diffusers' offline retries) would bury
+    # our one-line messages; a user's own TRANSFORMERS_VERBOSITY / DIFFUSERS_VERBOSITY still wins.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     from .errors import EraseError, TrainingDiverged
 
     try:

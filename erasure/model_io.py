@@ -59,11 +59,14 @@ def resolve_model(model: str, revision: str | None = None, allow_pickle: bool = 
                 "`hf auth login`; offline, pass a local diffusers folder instead"
             ) from err
         base = BaseModel(name=model, path=path, revision=os.path.basename(os.path.normpath(path)))
-    check_sd_folder(base)
+    check_sd_folder(base, allow_pickle)
     return base
 
 
-def check_sd_folder(base: BaseModel) -> None:
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
+
+
+def check_sd_folder(base: BaseModel, allow_pickle: bool = False) -> None:
     index_file = os.path.join(base.path, "model_index.json")
     if not os.path.isfile(index_file):
         raise EraseError(
@@ -79,18 +82,22 @@ def check_sd_folder(base: BaseModel) -> None:
             + (f" (missing {', '.join(missing)})" if missing else "")
             + ": give a StableDiffusionPipeline folder or Hub id"
         )
+    for component in ("unet", "vae", "text_encoder", "safety_checker"):
+        folder = os.path.join(base.path, component)
+        files = os.listdir(folder) if os.path.isdir(folder) else []
+        pickled = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
+        if pickled and not allow_pickle and not any(f.endswith(".safetensors") for f in files):
+            raise EraseError(
+                f"{base.name} has only pickled weights in {component}/ ({pickled[0]}), which can run code when loaded: "
+                "convert it to safetensors, or pass --allow-pickle if you trust its source"
+            )
 
 
 def load_pipeline(base: BaseModel, allow_pickle: bool = False, pipeline_class=StableDiffusionPipeline):
     """Load the base pipeline in fp32 (the master weights of fine-tuning), safetensors only by default."""
     try:
         return pipeline_class.from_pretrained(base.path, use_safetensors=None if allow_pickle else True)
-    except (OSError, EnvironmentError) as err:
-        if not allow_pickle and "safetensors" in str(err):
-            raise EraseError(
-                f"{base.name} has no safetensors weights, only pickled files, which can run code when loaded: "
-                "convert it, or pass --allow-pickle if you trust its source"
-            ) from err
+    except OSError as err:
         raise EraseError(f"could not load {base.name}: {err}".splitlines()[0]) from err
 
 

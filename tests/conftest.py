@@ -9,6 +9,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = os.path.join(_home, "hf")
 os.environ["SD_ERASURE_CACHE"] = os.path.join(_home, "cache")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# as the CLI does: keep library warnings out of the one-line error messages under test
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

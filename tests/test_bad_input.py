@@ -10,6 +10,7 @@ from conftest import FAST, erase_cli
 
 def run_bad(capsys, tmp_path, *args, output=None):
     output = output or tmp_path / "out"
+    capsys.readouterr()  # drop what the test's own setup printed
     try:
         code = erase_cli(*args, "--output", output, *FAST)
     except SystemExit as exit_:  # argparse errors exit from inside main()
@@ -91,3 +92,14 @@ def test_python_api_raises_the_same_error(tiny_sd, tmp_path):
     with pytest.raises(EraseError, match=r"outside \(0, 1\]"):
         erase(SalUnConfig(model=str(tiny_sd), concept="nudity", output_dir=str(tmp_path / "o"), mask_ratio=2.0))
     assert not (tmp_path / "o").exists()
+
+
+def test_pickled_base_weights_are_refused_unless_allowed(capsys, tmp_path, keep, tiny_sd):
+    from diffusers import StableDiffusionPipeline
+
+    pickled = tmp_path / "pickled"
+    StableDiffusionPipeline.from_pretrained(str(tiny_sd)).save_pretrained(pickled, safe_serialization=False)
+    assert not list(pickled.glob("unet/*.safetensors"))
+    err = run_bad(capsys, tmp_path, "--model", pickled, "--concept", "nudity")
+    assert "pickled" in err and "--allow-pickle" in err
+    assert erase_cli("--model", pickled, "--concept", "nudity", "--output", tmp_path / "ok", "--allow-pickle", *FAST) == 0
