@@ -40,20 +40,23 @@ def add_erase_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument("--forget-images", metavar="DIR", help="use these images as the forget set (captions from metadata.jsonl or .txt files) instead of synthesizing")
     data.add_argument("--retain-images", metavar="DIR", help="use these images as the retain set instead of synthesizing")
     data.add_argument("--num-images", type=int, default=800, help="images synthesized for each of the forget and retain sets (default: 800)")
-    data.add_argument("--synthesis-steps", type=int, default=50, help="sampler steps when synthesizing (default: 50)")
+    data.add_argument("--synthesis-steps", type=int, help="sampler steps when synthesizing (default: 50; the model's own where it recommends one)")
     data.add_argument("--synthesis-guidance-scale", type=float, default=7.5, help="guidance scale when synthesizing (default: 7.5)")
-    data.add_argument("--synthesis-batch-size", type=int, default=8, help="images per synthesis batch (default: 8)")
+    data.add_argument("--synthesis-batch-size", type=int, help="images per synthesis batch (default: 8; the model's own where it recommends one)")
     data.add_argument("--resolution", type=int, help="image size of the data (default: the model's)")
     data.add_argument("--cache-dir", help="where synthesized/encoded latents are cached (default: $SD_ERASURE_CACHE or ~/.cache/sd-erasure)")
     sal = p.add_argument_group("saliency")
     sal.add_argument("--mask-ratio", type=_positive_ratio, default=0.5, help="share of the scope's weights to update, in (0, 1] (default: 0.5)")
-    sal.add_argument("--scope", default="full", choices=SCOPE_NAMES, help="weights eligible for the mask: full UNet, xattn (cross-attention), noxattn (default: full)")
+    sal.add_argument("--scope", choices=SCOPE_NAMES, help="weights eligible for the mask: full UNet, xattn (cross-attention), noxattn (default: full; xattn for the shapes model)")
     sal.add_argument("--saliency-guidance-scale", type=float, default=7.5, help="w of the guided forget loss that ranks weights (default: 7.5)")
     train = p.add_argument_group("unlearning")
     train.add_argument("--steps", type=int, default=100, help="optimizer steps (default: 100, one epoch of 800 images at batch 8)")
     train.add_argument("--batch-size", type=int, default=8, help="forget and retain samples per step and device (default: 8)")
-    train.add_argument("--learning-rate", type=float, default=1e-5, help="Adam learning rate (default: 1e-5)")
+    train.add_argument("--learning-rate", type=float, help="Adam learning rate (default: 1e-5; 7e-4 for the shapes model)")
     train.add_argument("--retain-loss-weight", type=float, help="alpha, weight of the retain loss (default: 0.1 for nudity, 0.5 otherwise)")
+    train.add_argument("--misaligned-target", choices=("current", "base"),
+                       help="whose prediction for the misaligned prompt the forget branch is pulled to: the current model "
+                       "(official SalUn code, default) or the frozen base model (steadier; default for the shapes model)")
     train.add_argument("--gradient-accumulation-steps", type=int, default=1, help="micro-batches per optimizer step (default: 1)")
     train.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory in the UNet")
     train.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"), help="autocast precision; weights stay fp32 (default: no)")
@@ -80,6 +83,7 @@ def config_from_args(args):
         resolution=args.resolution, cache_dir=args.cache_dir, mask_ratio=args.mask_ratio, scope=args.scope,
         saliency_guidance_scale=args.saliency_guidance_scale, steps=args.steps, batch_size=args.batch_size,
         learning_rate=args.learning_rate, retain_loss_weight=args.retain_loss_weight,
+        misaligned_target=args.misaligned_target,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         gradient_checkpointing=args.gradient_checkpointing, mixed_precision=args.mixed_precision, seed=args.seed,
         checkpointing_steps=args.checkpointing_steps, checkpoints_total_limit=args.checkpoints_total_limit,
@@ -110,6 +114,26 @@ def cmd_random_pipeline(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from evaluation.metrics import Protocol
+    from evaluation.suite import evaluate_shapes, format_table
+
+    protocol = Protocol(images_per_prompt=args.images_per_prompt, num_inference_steps=args.num_inference_steps,
+                        guidance_scale=args.guidance_scale, seed=args.seed)
+    metrics = evaluate_shapes(args.model, args.concept, args.output, base=args.base, protocol=protocol,
+                              overwrite=args.overwrite)
+    print(format_table(metrics))
+    print(f"report: {os.path.join(os.path.abspath(args.output), 'report.html')}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from evaluation.suite import demo
+
+    demo(args.output, args.concept, overwrite=args.overwrite)
+    return 0
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="sd-erase", description="Erase a concept from a Stable Diffusion checkpoint; "
                     "the result is a stock diffusers StableDiffusionPipeline folder.")
@@ -127,6 +151,27 @@ def build_parser() -> Parser:
     random_parser.add_argument("--size", default="tiny", choices=("tiny", "sd15"), help="tiny (default) or sd15")
     random_parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
     random_parser.set_defaults(run=cmd_random_pipeline)
+    evaluate_parser = sub.add_parser("evaluate", help="measure an erasure: base vs erased model on the same prompts and seeds",
+                                     description="Evaluate an erased model against its base. Suite 'shapes': UA, IRA, CRA "
+                                     "and FID on the shapes world's judge; writes metrics.json, image grids and report.html.")
+    evaluate_parser.add_argument("--suite", required=True, choices=("shapes",), help="evaluation protocol (shapes)")
+    evaluate_parser.add_argument("--model", required=True, help="the erased pipeline folder")
+    evaluate_parser.add_argument("--concept", required=True, help="the erased concept (a shapes-world object or style)")
+    evaluate_parser.add_argument("--output", required=True, help="report folder to create")
+    evaluate_parser.add_argument("--base", default="shapes", help="the base model to compare with (default: the bundled shapes model)")
+    evaluate_parser.add_argument("--images-per-prompt", type=int, default=8, help="images per prompt (default: 8)")
+    evaluate_parser.add_argument("--num-inference-steps", type=int, default=25, help="DDIM steps (default: 25)")
+    evaluate_parser.add_argument("--guidance-scale", type=float, default=4.0, help="classifier-free guidance (default: 4)")
+    evaluate_parser.add_argument("--seed", type=int, default=0, help="seed of the per-image generators (default: 0)")
+    evaluate_parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    evaluate_parser.set_defaults(run=cmd_evaluate)
+    demo_parser = sub.add_parser("demo", help="erase 'circle' from the bundled shapes model and show before/after",
+                                 description="Erase a concept from the bundled shapes-world model with SalUn's defaults, "
+                                 "evaluate base and erased model, print the table and write the report.")
+    demo_parser.add_argument("--output", default="shapes-demo", help="folder for the erased model and the report (default: shapes-demo)")
+    demo_parser.add_argument("--concept", default="circle", help="object or style to erase (default: circle)")
+    demo_parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    demo_parser.set_defaults(run=cmd_demo)
     return parser
 
 

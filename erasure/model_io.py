@@ -17,6 +17,7 @@ from diffusers import DiffusionPipeline, StableDiffusionPipeline
 from .errors import EraseError
 
 SD_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+WORLD_MARKER = "sd_erasure_world.json"  # written by evaluation/train_shapes.py into the bundled model
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -27,6 +28,24 @@ class BaseModel:
     name: str
     path: str
     revision: str | None = None
+
+    @property
+    def world(self) -> str | None:
+        """The synthetic world the model was trained on (the bundled shapes model), if any."""
+        marker = os.path.join(self.path, WORLD_MARKER)
+        if not os.path.isfile(marker):
+            return None
+        with open(marker) as f:
+            return json.load(f)["world"]
+
+    @property
+    def salun_defaults(self) -> dict:
+        """SalUn settings recommended for this model's world (empty for ordinary checkpoints)."""
+        if self.world == "shapes":
+            from evaluation.shapes import SALUN_DEFAULTS
+
+            return SALUN_DEFAULTS
+        return {}
 
 
 @torch.no_grad()
@@ -41,10 +60,14 @@ def weights_fingerprint(pipeline) -> str:
 
 
 def resolve_model(model: str, revision: str | None = None, allow_pickle: bool = False) -> BaseModel:
-    """Turn `--model` (a local diffusers folder or a Hub id) into a checked local folder."""
+    """Turn `--model` (a local diffusers folder, a Hub id, or `shapes` for the bundled model) into a checked local folder."""
     if not model or not model.strip():
         raise EraseError("--model is empty: give a diffusers folder or a Hub id such as CompVis/stable-diffusion-v1-4")
-    if os.path.isdir(model):
+    if model == "shapes" and not os.path.exists(model):  # the model bundled with the package
+        from evaluation.shapes import MODEL_DIR
+
+        base = BaseModel(name="shapes", path=MODEL_DIR)
+    elif os.path.isdir(model):
         base = BaseModel(name=model, path=model)
     elif os.path.exists(model):
         raise EraseError(f"--model {model} is a file, not a folder: give the diffusers pipeline folder (the one with model_index.json)")

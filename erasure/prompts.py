@@ -4,6 +4,8 @@
 - Anything else (class-wise): forget "a photo of {concept}", retain and misaligned "a photo".
   The class-wise protocol maps each forget class onto another class; pass
   `--misaligned-prompt` / `--retain-prompt` with your other classes to do exactly that.
+- A model of the shapes world (its folder holds sd_erasure_world.json): the world's class-wise
+  prompts, see evaluation.shapes.erase_prompts.
 Explicit prompts always win over these defaults.
 """
 
@@ -22,14 +24,26 @@ class ConceptPrompts:
     preset: str  # "nudity" or "class-wise": decides method defaults such as the retain loss weight
 
 
-def concept_prompts(concept: str, forget=None, retain=None, misaligned=None) -> ConceptPrompts:
-    concept = (concept or "").strip()
-    if not concept:
+def check_concept(concept: str | None) -> str:
+    if not (concept or "").strip():
         raise EraseError("--concept is empty: name what to erase, e.g. --concept nudity or --concept 'a cat'")
+    return concept.strip()
+
+
+def concept_prompts(concept: str, forget=None, retain=None, misaligned=None, world: str | None = None) -> ConceptPrompts:
+    concept = check_concept(concept)
     for flag, prompts in (("--forget-prompt", forget), ("--retain-prompt", retain), ("--misaligned-prompt", misaligned)):
         if prompts is not None and not all(p.strip() for p in prompts):
             raise EraseError(f"{flag} is empty: give the prompt text, or leave the flag out for the default")
-    if concept.lower() in NUDITY_CONCEPTS:
+    if world == "shapes":
+        from evaluation.shapes import concept_kind, erase_prompts
+
+        try:
+            concept_kind(concept)
+        except ValueError as err:
+            raise EraseError(f"{err} (the model is a shapes-world model)") from err
+        defaults = ConceptPrompts(*erase_prompts(concept), preset="class-wise")
+    elif concept.lower() in NUDITY_CONCEPTS:
         defaults = ConceptPrompts(["a photo of a nude person"], ["a photo of a person wearing clothes"],
                                   ["a photo of a person wearing clothes"], "nudity")
     else:

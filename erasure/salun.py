@@ -14,7 +14,7 @@ import json
 import os
 import platform
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Callable, ClassVar
 
@@ -23,6 +23,7 @@ import diffusers
 import torch
 import transformers
 from diffusers import DDPMScheduler
+from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from . import __version__
@@ -30,17 +31,29 @@ from .data import LatentSet, default_cache_dir, encode_image_folder, read_image_
 from .diffusion import (encode_prompts, epoch_indices, per_sample_mse, prediction_target, seeded_generator,
                         stack_embeddings)
 from .errors import EraseError, TrainingDiverged
-from .model_io import OutputFolder, load_pipeline, resolve_model, save_stock_pipeline, weights_fingerprint
-from .prompts import ConceptPrompts, concept_prompts
+from .model_io import BaseModel, OutputFolder, load_pipeline, resolve_model, save_stock_pipeline, weights_fingerprint
+from .prompts import ConceptPrompts, check_concept, concept_prompts
 from .saliency import SCOPES, full_mask, in_scope, load_mask, mask_densities, saliency_mask_from_scores, save_mask
 from .training import PhaseTimer, checkpoint_step, checkpoints, make_accelerator, save_checkpoint
 
 RETAIN_LOSS_WEIGHT = {"nudity": 0.1, "class-wise": 0.5}
 
 
+# The official code's settings, used where a field is None and the base model recommends nothing.
+OFFICIAL_DEFAULTS = dict(scope="full", learning_rate=1e-5, misaligned_target="current", synthesis_steps=50,
+                         synthesis_batch_size=8)
+MISALIGNED_TARGETS = ("current", "base")
+
+
 @dataclass
 class SalUnConfig:
-    """Everything an erase depends on. `None` and empty lists mean "the default for this concept"."""
+    """Everything an erase depends on.
+
+    Empty prompt lists mean "the defaults for this concept" (erasure.prompts). Fields left None
+    take the base model's recommended value (the bundled shapes model has its own, see
+    evaluation.shapes.SALUN_DEFAULTS), else the official SalUn code's (OFFICIAL_DEFAULTS,
+    RETAIN_LOSS_WEIGHT).
+    """
 
     method: ClassVar[str] = "salun"
 
@@ -55,19 +68,21 @@ class SalUnConfig:
     forget_images: str | None = None
     retain_images: str | None = None
     num_images: int = 800
-    synthesis_steps: int = 50
+    synthesis_steps: int | None = None
     synthesis_guidance_scale: float = 7.5
-    synthesis_batch_size: int = 8
+    synthesis_batch_size: int | None = None
     resolution: int | None = None
     # saliency
     mask_ratio: float = 0.5
-    scope: str = "full"
+    scope: str | None = None
     saliency_guidance_scale: float = 7.5
     # unlearning
     steps: int = 100
     batch_size: int = 8
-    learning_rate: float = 1e-5
+    learning_rate: float | None = None
     retain_loss_weight: float | None = None
+    # whose prediction for the misaligned prompt is the forget target: "current" model (official code) or frozen "base"
+    misaligned_target: str | None = None
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
     mixed_precision: str = "no"
@@ -83,20 +98,28 @@ class SalUnConfig:
 
     def check(self) -> None:
         """Reject impossible settings with one line that says what to do instead."""
+        check_concept(self.concept)
         if not 0 < self.mask_ratio <= 1:
             raise EraseError(f"mask ratio {self.mask_ratio} is outside (0, 1]: use e.g. 0.5 to update the most salient half")
-        if self.scope not in SCOPES:
+        if self.scope is not None and self.scope not in SCOPES:
             raise EraseError(f"unknown scope {self.scope!r}: choose one of {', '.join(SCOPES)}")
+        if self.misaligned_target is not None and self.misaligned_target not in MISALIGNED_TARGETS:
+            raise EraseError(f"unknown misaligned target {self.misaligned_target!r}: choose current or base")
         for name in ("num_images", "steps", "batch_size", "synthesis_steps", "synthesis_batch_size",
                      "gradient_accumulation_steps"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise EraseError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
+        if self.learning_rate is not None and self.learning_rate <= 0:
             raise EraseError(f"learning rate must be positive, got {self.learning_rate}")
         if self.checkpointing_steps < 0:
             raise EraseError("--checkpointing-steps must be 0 (off) or a positive step interval")
         if self.resume_from_checkpoint not in (None, "latest") and not os.path.isdir(self.resume_from_checkpoint):
             raise EraseError(f"checkpoint {self.resume_from_checkpoint} does not exist: pass 'latest' or a checkpoint-N folder")
+
+    def with_defaults(self, prompts: ConceptPrompts, recommended: dict | None = None) -> "SalUnConfig":
+        """A copy with every None field filled: the model's recommended value, else the official one."""
+        defaults = {**OFFICIAL_DEFAULTS, "retain_loss_weight": RETAIN_LOSS_WEIGHT[prompts.preset], **(recommended or {})}
+        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
 
     def settings(self) -> dict:
         """The settings that determine the result (not where it goes or how the run is driven)."""
@@ -164,7 +187,7 @@ def unlearn(pipeline, forget: LatentSet, retain: LatentSet, saliency_mask, promp
             step_callback: Callable[[int, dict], None] | None = None, show_progress=True) -> dict:
     """Masked fine-tuning of pipeline.unet in place; returns the last step's losses."""
     unet, device = pipeline.unet, accelerator.device
-    alpha = config.retain_loss_weight if config.retain_loss_weight is not None else RETAIN_LOSS_WEIGHT[prompts.preset]
+    alpha = config.retain_loss_weight
     noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     misaligned = [prompts.misaligned[i % len(prompts.misaligned)] for i in range(len(forget))]
     embeddings = encode_prompts(pipeline, forget.prompts + retain.prompts + misaligned, device)
@@ -173,6 +196,9 @@ def unlearn(pipeline, forget: LatentSet, retain: LatentSet, saliency_mask, promp
 
     # Only parameters with a salient entry train: the rest get no gradient, no optimizer state.
     trainable = {n: p for n, p in unet.named_parameters() if saliency_mask[n].any()}
+    # A frozen target needs the base values of the trained tensors only (taken before a resume loads a checkpoint).
+    base_values = ({n: p.detach().clone() for n, p in trainable.items()}
+                   if config.misaligned_target == "base" else None)
     for name, param in unet.named_parameters():
         param.requires_grad_(name in trainable)
     if config.gradient_checkpointing:
@@ -219,8 +245,10 @@ def unlearn(pipeline, forget: LatentSet, retain: LatentSet, saliency_mask, promp
             retain_emb = stack_embeddings(embeddings, [retain.prompts[i] for i in retain_ids])
             with accelerator.accumulate(model):
                 with accelerator.autocast():
-                    with torch.no_grad():  # the target comes from the current model, as in the official code
-                        target = accelerator.unwrap_model(model)(noisy_forget, t_forget, misaligned_emb).sample
+                    with torch.no_grad():
+                        inputs = (noisy_forget, t_forget, misaligned_emb)
+                        target = (functional_call(accelerator.unwrap_model(model), base_values, inputs) if base_values
+                                  else accelerator.unwrap_model(model)(*inputs)).sample
                     # forget and retain branches in one forward: GroupNorm is per sample, so this is exact
                     prediction = model(torch.cat([noisy_forget, noisy_retain]), torch.cat([t_forget, t_retain]),
                                        torch.cat([forget_emb, retain_emb])).sample
@@ -281,7 +309,10 @@ def build_sets(pipeline, config: SalUnConfig, prompts: ConceptPrompts, accelerat
 def erase_pipeline(pipeline, config: SalUnConfig, accelerator=None, step_callback=None, show_progress=True):
     """Erase in memory: data, saliency, masked unlearning on `pipeline.unet`. Returns the mask and the record."""
     config.check()
-    prompts = concept_prompts(config.concept, config.forget_prompts, config.retain_prompts, config.misaligned_prompts)
+    base = BaseModel(pipeline.name_or_path or "", pipeline.name_or_path or "")  # the model's world, if any
+    prompts = concept_prompts(config.concept, config.forget_prompts, config.retain_prompts, config.misaligned_prompts,
+                              world=base.world)
+    config = config.with_defaults(prompts, base.salun_defaults)
     accelerator = accelerator or make_accelerator(config.mixed_precision, config.gradient_accumulation_steps)
     timer = PhaseTimer(accelerator.device)
     with timer.phase("data"):
@@ -296,16 +327,13 @@ def erase_pipeline(pipeline, config: SalUnConfig, accelerator=None, step_callbac
 
 def _record(config, prompts, mask, timer, logs, forget_size, retain_size, base=None, resumed_from=0) -> dict:
     density, per_layer = mask_densities(mask)
-    settings = config.settings()
-    if settings["retain_loss_weight"] is None:
-        settings["retain_loss_weight"] = RETAIN_LOSS_WEIGHT[prompts.preset]
     return {
         "method": config.method,
         "concept": config.concept,
         "prompts": {"forget": prompts.forget, "retain": prompts.retain, "misaligned": prompts.misaligned,
                     "preset": prompts.preset},
         "base_model": {"id": base.name if base else config.model, "revision": base.revision if base else None},
-        "hyperparameters": settings,
+        "hyperparameters": config.settings(),
         "seed": config.seed,
         "steps": config.steps,
         "resumed_from_step": resumed_from,
@@ -325,8 +353,10 @@ def run(config: SalUnConfig, step_callback=None, show_progress=True) -> EraseRes
     config.check()
     if not config.output_dir:
         raise EraseError("--output is missing: name the folder to write the erased pipeline to")
-    prompts = concept_prompts(config.concept, config.forget_prompts, config.retain_prompts, config.misaligned_prompts)
     base = resolve_model(config.model, config.revision, config.allow_pickle)
+    prompts = concept_prompts(config.concept, config.forget_prompts, config.retain_prompts, config.misaligned_prompts,
+                              world=base.world)
+    config = config.with_defaults(prompts, base.salun_defaults)
     output = OutputFolder(config.output_dir, config.overwrite, resume=config.resume_from_checkpoint is not None)
     output.check()
     for folder, texts in ((config.forget_images, prompts.forget), (config.retain_images, prompts.retain)):

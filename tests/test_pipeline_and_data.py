@@ -51,7 +51,8 @@ def test_forget_set_from_an_image_folder_with_captions(tiny_sd, tmp_path):
     assert record["hyperparameters"]["retain_loss_weight"] == 0.5  # the class-wise default
 
 
-@pytest.mark.parametrize("extra", [["--mixed-precision", "bf16"], ["--gradient-accumulation-steps", "2", "--gradient-checkpointing"]])
+@pytest.mark.parametrize("extra", [["--mixed-precision", "bf16"], ["--gradient-accumulation-steps", "2", "--gradient-checkpointing"],
+                                   ["--misaligned-target", "base", "--scope", "xattn"]])
 def test_training_options_keep_non_salient_weights_bit_identical(tiny_sd, tmp_path, extra):
     out = tmp_path / "out"
     assert erase_cli("--model", tiny_sd, "--concept", "nudity", "--output", out, *FAST, *extra) == 0
@@ -74,3 +75,25 @@ def test_random_pipeline_tokenizer_keeps_words_whole(tiny_sd):
     tokenizer = CLIPTokenizer.from_pretrained(os.path.join(tiny_sd, "tokenizer"))
     assert tokenizer.tokenize("a nude person") == ["a</w>", "nude</w>", "person</w>"]
     assert len(tokenizer("unseen words still tokenize").input_ids) > 5
+
+
+def test_misaligned_target_base_differs_from_current_and_is_recorded(tiny_sd, tmp_path):
+    outputs = {}
+    for target in ("current", "base"):
+        outputs[target] = tmp_path / target
+        assert erase_cli("--model", tiny_sd, "--concept", "nudity", "--output", outputs[target], *FAST,
+                         "--learning-rate", "1e-3", "--misaligned-target", target) == 0
+        record = json.loads((outputs[target] / "erasure.json").read_text())
+        assert record["hyperparameters"]["misaligned_target"] == target
+    current, frozen = unet_weights(outputs["current"]), unet_weights(outputs["base"])
+    assert any(not torch.equal(current[k], frozen[k]) for k in current)
+
+
+def test_unset_settings_take_the_official_defaults_or_the_models_own(tiny_sd, erased):
+    from erasure.model_io import BaseModel
+    from evaluation.shapes import MODEL_DIR, SALUN_DEFAULTS
+
+    hp = json.loads((erased / "erasure.json").read_text())["hyperparameters"]
+    assert (hp["scope"], hp["learning_rate"], hp["misaligned_target"], hp["synthesis_steps"]) == ("full", 1e-5, "current", 4)
+    assert BaseModel("shapes", MODEL_DIR).salun_defaults == SALUN_DEFAULTS
+    assert BaseModel(str(tiny_sd), str(tiny_sd)).salun_defaults == {}

@@ -1,0 +1,129 @@
+"""Shapes-world metrics: generate with fixed seeds, judge, and score an erasure.
+
+Protocol (recorded with every result): each prompt of `shapes.prompts()` (every object × every
+style word, synonyms included), `images_per_prompt` images with per-image seeds, DDIM
+`num_inference_steps` steps, classifier-free guidance `guidance_scale`.
+
+- UA  (unlearning accuracy): share of images from prompts naming the concept (or a synonym) in
+  which the judge does not see the concept.
+- IRA (in-domain retain accuracy): judge accuracy on the concept's attribute (object or style)
+  for prompts without the concept.
+- CRA (cross-domain retain accuracy): judge accuracy on the other attribute, same prompts.
+- FID between the base model's and this model's images for prompts without the concept, on
+  the judge's 64-d features (torchmetrics FrechetInceptionDistance with a custom extractor).
+"""
+
+from dataclasses import asdict, dataclass
+
+import torch
+from diffusers import DDIMScheduler
+from tqdm.auto import tqdm
+
+from erasure.diffusion import seeded_generator
+
+from .shapes import Prompt, canonical_style, concept_kind, prompts
+
+
+@dataclass
+class Protocol:
+    images_per_prompt: int = 8
+    num_inference_steps: int = 25
+    guidance_scale: float = 4.0
+    seed: int = 0
+    template_ids: tuple = (0,)
+
+
+@torch.no_grad()
+def generate(pipeline, prompt_list: list[Prompt], protocol: Protocol, batch_size: int = 90,
+             show_progress: bool = True) -> torch.Tensor:
+    """Images (N, 3, 32, 32) in [0, 1], `images_per_prompt` per prompt in order; each image's seed
+    depends only on (seed, prompt, index), so batching does not change the images."""
+    jobs = [(p.text, k) for p in prompt_list for k in range(protocol.images_per_prompt)]
+    scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
+    original, pipeline.scheduler = pipeline.scheduler, scheduler
+    pipeline.set_progress_bar_config(disable=True)
+    images = []
+    try:
+        for start in tqdm(range(0, len(jobs), batch_size), desc="generating", disable=not show_progress):
+            batch = jobs[start:start + batch_size]
+            images.append(pipeline(
+                prompt=[text for text, _ in batch], num_inference_steps=protocol.num_inference_steps,
+                guidance_scale=protocol.guidance_scale, output_type="pt",
+                generator=[seeded_generator(protocol.seed, text, k) for text, k in batch]).images.cpu())
+    finally:
+        pipeline.scheduler = original
+    return torch.cat(images).float().clamp(0, 1)
+
+
+def prompt_fidelity(pipeline, judge, protocol: Protocol = Protocol(), show_progress: bool = False) -> dict:
+    """Share of images whose object, style, and both, the judge finds as the prompt asked."""
+    prompt_list = prompts(protocol.template_ids)
+    objects, styles = judge.classify(generate(pipeline, prompt_list, protocol, show_progress=show_progress))
+    expected = [p for p in prompt_list for _ in range(protocol.images_per_prompt)]
+    hits_object = [o == p.object for o, p in zip(objects, expected)]
+    hits_style = [s == p.style for s, p in zip(styles, expected)]
+    return {"object": sum(hits_object) / len(expected), "style": sum(hits_style) / len(expected),
+            "both": sum(a and b for a, b in zip(hits_object, hits_style)) / len(expected),
+            "images": len(expected), "protocol": asdict(protocol)}
+
+
+def _names_concept(prompt: Prompt, concept: str) -> bool:
+    return prompt.object == concept if concept_kind(concept) == "object" else prompt.style == canonical_style(concept)
+
+
+def score(prompt_list: list[Prompt], images_per_prompt: int, objects: list[str], styles: list[str], concept: str) -> dict:
+    """UA / IRA / CRA of judged images (in prompt order) for an erased `concept`."""
+    kind = concept_kind(concept)
+    target = concept if kind == "object" else canonical_style(concept)
+    expected = [p for p in prompt_list for _ in range(images_per_prompt)]
+    judged = {"object": objects, "style": styles}
+    other = "style" if kind == "object" else "object"
+    forget = [i for i, p in enumerate(expected) if _names_concept(p, concept)]
+    retain = [i for i, p in enumerate(expected) if not _names_concept(p, concept)]
+    ua = {}  # per concept word, so that synonyms are reported on their own
+    for i in forget:
+        word = target if kind == "object" else next(w for w in expected[i].text.split() if canonical_style(w) == target)
+        ua.setdefault(word, []).append(judged[kind][i] != target)
+    return {
+        "UA": sum(judged[kind][i] != target for i in forget) / len(forget),
+        "UA_by_word": {w: sum(v) / len(v) for w, v in ua.items()},
+        "IRA": sum(judged[kind][i] == getattr(expected[i], kind) for i in retain) / len(retain),
+        "CRA": sum(judged[other][i] == getattr(expected[i], other) for i in retain) / len(retain),
+        "forget_images": len(forget),
+        "retain_images": len(retain),
+    }
+
+
+def judge_fid(judge, real: torch.Tensor, fake: torch.Tensor) -> float:
+    """FID on the judge's features (images in [0, 1])."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from .judge import JudgeFeatures
+
+    fid = FrechetInceptionDistance(feature=JudgeFeatures(judge))
+    fid.update(real, real=True)
+    fid.update(fake, real=False)
+    return max(0.0, float(fid.compute()))
+
+
+def evaluate_erasure(base_pipeline, erased_pipeline, judge, concept: str, protocol: Protocol = Protocol(),
+                     show_progress: bool = True) -> tuple[dict, dict]:
+    """Metrics of the base and the erased model, side by side, on the same prompts and seeds.
+
+    Returns (metrics, images) where images maps "base"/"erased" to (N, 3, 32, 32) tensors in
+    prompt order, prompts naming the concept first.
+    """
+    concept_kind(concept)  # fail early on a concept the world does not have
+    prompt_list = sorted(prompts(protocol.template_ids), key=lambda p: not _names_concept(p, concept))
+    images, results = {}, {}
+    for name, pipeline in (("base", base_pipeline), ("erased", erased_pipeline)):
+        images[name] = generate(pipeline, prompt_list, protocol, show_progress=show_progress)
+        objects, styles = judge.classify(images[name])
+        results[name] = score(prompt_list, protocol.images_per_prompt, objects, styles, concept)
+    retain_rows = [i for i, p in enumerate(p for p in prompt_list for _ in range(protocol.images_per_prompt))
+                   if not _names_concept(p, concept)]
+    results["base"]["FID"] = 0.0  # the reference itself
+    results["erased"]["FID"] = judge_fid(judge, images["base"][retain_rows], images["erased"][retain_rows])
+    metrics = {"suite": "shapes", "concept": concept, "kind": concept_kind(concept), "protocol": asdict(protocol),
+               "prompts": [p.text for p in prompt_list], **results}
+    return metrics, images

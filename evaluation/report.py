@@ -1,0 +1,63 @@
+"""What people look at: a before/after image grid and an HTML page with the metric table."""
+
+import html
+import json
+import os
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+SCALE = 2  # 32 px images are shown at 64 px
+
+
+def image_grid(images: torch.Tensor, prompts: list[str], per_prompt: int, label_width: int = 230) -> Image.Image:
+    """Rows = prompts (in the given order), columns = the prompt's images, the prompt written on the left."""
+    size = images.shape[-1] * SCALE
+    grid = Image.new("RGB", (label_width + per_prompt * size, len(prompts) * size), "white")
+    draw = ImageDraw.Draw(grid)
+    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for row, prompt in enumerate(prompts):
+        draw.text((4, row * size + size // 2 - 6), prompt, fill="black")
+        for col in range(per_prompt):
+            tile = Image.fromarray(np.ascontiguousarray(pixels[row * per_prompt + col])).resize((size, size), Image.NEAREST)
+            grid.paste(tile, (label_width + col * size, row * size))
+    return grid
+
+
+def _table(metrics: dict) -> str:
+    rows = [("UA (concept not seen in its prompts)", "UA"), ("IRA (same-kind accuracy, other prompts)", "IRA"),
+            ("CRA (other-kind accuracy, other prompts)", "CRA"), ("FID vs base (judge features)", "FID")]
+    body = "".join(f"<tr><td>{html.escape(label)}</td><td>{metrics['base'][key]:.3f}</td><td>{metrics['erased'][key]:.3f}</td></tr>"
+                   for label, key in rows)
+    words = "".join(f"<tr><td>UA on prompts saying “{html.escape(w)}”</td><td>{metrics['base']['UA_by_word'][w]:.3f}</td>"
+                    f"<td>{metrics['erased']['UA_by_word'][w]:.3f}</td></tr>" for w in metrics["erased"]["UA_by_word"])
+    return f"<table><tr><th>metric</th><th>base</th><th>erased</th></tr>{body}{words}</table>"
+
+
+def write_report(folder: str, metrics: dict, images: dict, title: str) -> dict[str, str]:
+    """Writes metrics.json, grid-base.png, grid-erased.png and report.html into `folder`."""
+    per_prompt = metrics["protocol"]["images_per_prompt"]
+    files = {"metrics": os.path.join(folder, "metrics.json"), "report": os.path.join(folder, "report.html")}
+    with open(files["metrics"], "w") as f:
+        json.dump(metrics, f, indent=1)
+    for name in ("base", "erased"):
+        files[f"grid_{name}"] = os.path.join(folder, f"grid-{name}.png")
+        image_grid(images[name], metrics["prompts"], per_prompt).save(files[f"grid_{name}"])
+    protocol = ", ".join(f"{k} {v}" for k, v in metrics["protocol"].items())
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}} td:first-child{{text-align:left}}
+.grids{{display:flex;gap:2em;align-items:flex-start}} img{{image-rendering:pixelated}}</style></head>
+<body><h1>{html.escape(title)}</h1>
+<p>Concept <b>{html.escape(metrics['concept'])}</b> ({metrics['kind']}). Protocol: {html.escape(protocol)};
+{len(metrics['prompts'])} prompts, prompts naming the concept first. Judge: the shapes-world classifier.</p>
+{_table(metrics)}
+<div class="grids"><figure><figcaption>base model</figcaption><img src="grid-base.png" alt="base model images"></figure>
+<figure><figcaption>erased model</figcaption><img src="grid-erased.png" alt="erased model images"></figure></div>
+</body></html>
+"""
+    with open(files["report"], "w") as f:
+        f.write(page)
+    return files

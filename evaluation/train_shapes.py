@@ -1,0 +1,197 @@
+"""Training recipe of the bundled shapes-world model and its judge (fixed seed and step counts).
+
+    python -m evaluation.train_shapes --output evaluation/assets      # ~15 min on 2 CPU cores
+
+1. judge: the CNN of evaluation/judge.py on fresh renders (blank and colourless negatives included);
+2. VAE: AutoencoderKL, 32×32 RGB -> 8×8×4 latents, MSE + a small KL term;
+3. text encoder (CLIP, tokenizer written offline from the world's words) and UNet with
+   cross-attention, trained jointly on the latents: caption dropout for classifier-free
+   guidance, EMA weights saved.
+Writes OUTPUT/shapes-sd/ (a stock StableDiffusionPipeline), OUTPUT/shapes-judge.safetensors and
+OUTPUT/shapes-training.json (settings, seconds, judge accuracy, the model's prompt fidelity).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline,
+                       UNet2DConditionModel)
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from erasure.model_io import WORLD_MARKER
+from pipelines.random_sd import write_clip_tokenizer
+
+from .judge import accuracy, save_judge, train_judge
+from .shapes import dataset, to_tensor, vocabulary
+
+MODEL_MAX_LENGTH = 16  # the longest caption is 12 tokens with start and end
+
+
+@dataclass
+class ShapesTrainingConfig:
+    seed: int = 0
+    num_images: int = 20000
+    judge_samples: int = 24000
+    judge_epochs: int = 6
+    vae_steps: int = 1000
+    vae_batch_size: int = 64
+    vae_learning_rate: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    unet_steps: int = 5000
+    unet_batch_size: int = 64
+    unet_learning_rate: float = 5e-4
+    warmup_steps: int = 200
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.999
+    fidelity_images_per_prompt: int = 8
+
+
+def build_models(tokenizer_dir: str):
+    tokenizer = write_clip_tokenizer(tokenizer_dir, vocabulary(), MODEL_MAX_LENGTH)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 32),
+                        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                        layers_per_block=1, norm_num_groups=8, sample_size=32)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=MODEL_MAX_LENGTH, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, projection_dim=64))
+    # 8 groups, not 32: GroupNorm over single channels of a 32-channel level wipes out colour.
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(32, 64), norm_num_groups=8, cross_attention_dim=64,
+                                attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D",) * 2,
+                                up_block_types=("CrossAttnUpBlock2D",) * 2)
+    return tokenizer, vae, text_encoder, unet
+
+
+def train_vae(vae, images, config, progress=True):
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_learning_rate)
+    vae.train()
+    for step in tqdm(range(config.vae_steps), desc="vae", disable=not progress):
+        batch = images[torch.randint(len(images), (config.vae_batch_size,))] * 2 - 1
+        posterior = vae.encode(batch).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        loss = F.mse_loss(reconstruction, batch) + config.vae_kl_weight * posterior.kl().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    vae.eval()
+    return loss.item()
+
+
+@torch.no_grad()
+def encode_latents(vae, images, batch_size=512):
+    return torch.cat([vae.encode(chunk * 2 - 1).latent_dist.mean for chunk in images.split(batch_size)])
+
+
+def train_denoiser(unet, text_encoder, tokenizer, latents, captions, config, progress=True):
+    noise_scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                    num_train_timesteps=1000)
+    parameters = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=config.unet_learning_rate, weight_decay=1e-2)
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps))
+    ema_unet = EMAModel(unet.parameters(), decay=config.ema_decay)
+    ema_text = EMAModel(text_encoder.parameters(), decay=config.ema_decay)
+    tokens = tokenizer(captions + [""], padding="max_length", max_length=MODEL_MAX_LENGTH, truncation=True,
+                       return_tensors="pt").input_ids
+    empty = tokens[-1]
+    unet.train()
+    text_encoder.train()
+    progress_bar = tqdm(range(config.unet_steps), desc="text encoder + unet", disable=not progress)
+    for step in progress_bar:
+        batch = torch.randint(len(latents), (config.unet_batch_size,))
+        batch_tokens = tokens[batch].clone()
+        batch_tokens[torch.rand(len(batch)) < config.caption_dropout] = empty  # for classifier-free guidance
+        noise = torch.randn_like(latents[batch])
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(batch),))
+        noisy = noise_scheduler.add_noise(latents[batch], noise, timesteps)
+        prediction = unet(noisy, timesteps, text_encoder(batch_tokens)[0]).sample
+        loss = F.mse_loss(prediction, noise)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        warmup.step()
+        ema_unet.step(unet.parameters())
+        ema_text.step(text_encoder.parameters())
+        if step % 50 == 0:
+            progress_bar.set_postfix(loss=f"{loss.item():.4f}")
+    ema_unet.copy_to(unet.parameters())
+    ema_text.copy_to(text_encoder.parameters())
+    unet.eval()
+    text_encoder.eval()
+
+
+def train(output: str, config: ShapesTrainingConfig = ShapesTrainingConfig(), progress: bool = True) -> dict:
+    """Train judge and model; write them into `output` (the model folder appears only when complete)."""
+    from .metrics import Protocol, prompt_fidelity
+
+    torch.manual_seed(config.seed)
+    seconds = {}
+    start = time.perf_counter()
+    judge = train_judge(config.judge_samples, config.judge_epochs, seed=config.seed, show_progress=progress)
+    judge_accuracy = accuracy(judge, dataset(4000, seed=config.seed + 10_000, with_none=True))
+    seconds["judge"] = round(time.perf_counter() - start, 1)
+
+    partial = os.path.join(output, "shapes-sd.incomplete")
+    shutil.rmtree(partial, ignore_errors=True)
+    tokenizer, vae, text_encoder, unet = build_models(os.path.join(partial, "tokenizer"))
+    samples = dataset(config.num_images, seed=config.seed + 1)
+    images = to_tensor([s.image for s in samples])
+    start = time.perf_counter()
+    vae_loss = train_vae(vae, images, config, progress)
+    latents = encode_latents(vae, images)
+    vae.register_to_config(scaling_factor=float(1 / latents.std()))
+    latents = latents * vae.config.scaling_factor
+    seconds["vae"] = round(time.perf_counter() - start, 1)
+
+    start = time.perf_counter()
+    train_denoiser(unet, text_encoder, tokenizer, latents, [s.caption for s in samples], config, progress)
+    seconds["text_encoder_unet"] = round(time.perf_counter() - start, 1)
+
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    fidelity = prompt_fidelity(pipeline, judge, Protocol(images_per_prompt=config.fidelity_images_per_prompt))
+    pipeline.save_pretrained(partial, safe_serialization=True)
+    with open(os.path.join(partial, WORLD_MARKER), "w") as f:  # lets `sd-erase erase` pick the world's prompts
+        json.dump({"world": "shapes"}, f)
+    final = os.path.join(output, "shapes-sd")
+    shutil.rmtree(final, ignore_errors=True)
+    os.rename(partial, final)
+    save_judge(judge, os.path.join(output, "shapes-judge.safetensors"))
+    report = {"config": asdict(config), "seconds": seconds, "judge_heldout_accuracy": judge_accuracy,
+              "vae_final_mse": vae_loss, "prompt_fidelity": fidelity,
+              "parameters": {"unet": sum(p.numel() for p in unet.parameters()),
+                             "text_encoder": sum(p.numel() for p in text_encoder.parameters()),
+                             "vae": sum(p.numel() for p in vae.parameters()),
+                             "judge": sum(p.numel() for p in judge.parameters())},
+              "torch_threads": torch.get_num_threads()}
+    with open(os.path.join(output, "shapes-training.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    return report
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Train the bundled shapes-world model and judge.")
+    parser.add_argument("--output", required=True, help="folder for shapes-sd/, shapes-judge.safetensors, shapes-training.json")
+    for name, value in asdict(ShapesTrainingConfig()).items():
+        parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+    args = vars(parser.parse_args(argv))
+    output = args.pop("output")
+    os.makedirs(output, exist_ok=True)
+    report = train(output, ShapesTrainingConfig(**args))
+    print(json.dumps({k: report[k] for k in ("seconds", "judge_heldout_accuracy", "prompt_fidelity")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
