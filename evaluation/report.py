@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 SCALE = 2  # 32 px images are shown at 64 px
 
 
-def image_grid(images: torch.Tensor, prompts: list[str], per_prompt: int, label_width: int = 230) -> Image.Image:
+def image_grid(images: torch.Tensor, prompts: list[str], per_prompt: int, label_width: int = 120) -> Image.Image:
     """Rows = prompts (in the given order), columns = the prompt's images, the prompt written on the left."""
     size = images.shape[-1] * SCALE
     grid = Image.new("RGB", (label_width + per_prompt * size, len(prompts) * size), "white")
@@ -49,7 +49,7 @@ def write_report(folder: str, metrics: dict, images: dict, title: str) -> dict[s
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}} td:first-child{{text-align:left}}
-.grids{{display:flex;gap:2em;align-items:flex-start}} img{{image-rendering:pixelated}}</style></head>
+.grids{{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}} figure{{margin:0}} img{{image-rendering:pixelated}}</style></head>
 <body><h1>{html.escape(title)}</h1>
 <p>Concept <b>{html.escape(metrics['concept'])}</b> ({metrics['kind']}). Protocol: {html.escape(protocol)};
 {len(metrics['prompts'])} prompts, prompts naming the concept first. Judge: the shapes-world classifier.</p>
