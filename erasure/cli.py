@@ -17,6 +17,20 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+class RefuseToken(argparse.Action):
+    """A token on the command line ends up in shell history and process lists: refuse it (without echoing it)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is refused: a token on the command line leaks into shell history and "
+                     "process lists; set HF_TOKEN or run `hf auth login` instead")
+
+
+def add_hub_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--license", help="license of the published model (default: the base model's, when its card is on disk)")
+    for flag in ("--token", "--hub-token"):
+        p.add_argument(flag, action=RefuseToken, help=argparse.SUPPRESS)
+
+
 def _positive_ratio(text: str) -> float:
     value = float(text)
     if not 0 < value <= 1:
@@ -68,6 +82,11 @@ def add_erase_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--report-to", choices=("tensorboard",), help="log losses to OUT/logs")
     run.add_argument("--overwrite", action="store_true", help="replace an existing --output (only once the new one is complete)")
     run.add_argument("--allow-pickle", action="store_true", help="load a base model that has only pickled .bin/.ckpt weights (runs code: trusted sources only)")
+    hub = p.add_argument_group("publishing (token from HF_TOKEN or `hf auth login`)")
+    hub.add_argument("--push-to-hub", action="store_true", help="push the finished output to the Hub (as `sd-erase push` does)")
+    hub.add_argument("--hub-model-id", help="repo id to push to, e.g. your-name/sd14-no-nudity")
+    hub.add_argument("--hub-private", action="store_true", help="create the repo private")
+    add_hub_arguments(hub)
 
 
 def config_from_args(args):
@@ -95,7 +114,29 @@ def config_from_args(args):
 def cmd_erase(args) -> int:
     from .methods import erase
 
-    erase(config_from_args(args))
+    if args.push_to_hub:  # fail before hours of work, not after
+        from .errors import EraseError
+        from .hub import check_repo_id, require_token
+
+        if not args.hub_model_id:
+            raise EraseError("--push-to-hub needs --hub-model-id, e.g. --hub-model-id your-name/sd14-no-nudity")
+        check_repo_id(args.hub_model_id)
+        require_token()
+    result = erase(config_from_args(args))
+    if args.push_to_hub:
+        from .hub import push
+
+        print(f"pushed: {push(result.output_dir, args.hub_model_id, private=args.hub_private, license=args.license)}")
+    return 0
+
+
+def cmd_push(args) -> int:
+    from .hub import push
+
+    url = push(args.folder, args.repo_id, private=args.private, revision=args.revision,
+               commit_message=args.commit_message, create_pr=args.create_pr, license=args.license,
+               metrics_file=args.metrics)
+    print(f"pushed: {url}")
     return 0
 
 
@@ -165,6 +206,18 @@ def build_parser() -> Parser:
     evaluate_parser.add_argument("--seed", type=int, default=0, help="seed of the per-image generators (default: 0)")
     evaluate_parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     evaluate_parser.set_defaults(run=cmd_evaluate)
+    push_parser = sub.add_parser("push", help="publish an erase output to the Hugging Face Hub with a model card",
+                                 description="Write a model card (hub_cards/model_card.md) into FOLDER/README.md and upload "
+                                 "FOLDER (without checkpoints, logs and caches). The token comes from HF_TOKEN or `hf auth login`.")
+    push_parser.add_argument("folder", help="the --output folder of `sd-erase erase`")
+    push_parser.add_argument("--repo-id", required=True, help="user/name or org/name")
+    push_parser.add_argument("--private", action="store_true", help="create the repo private")
+    push_parser.add_argument("--revision", help="branch to push to (created if missing; default: main)")
+    push_parser.add_argument("--commit-message", help="message of the upload commit")
+    push_parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to the branch")
+    push_parser.add_argument("--metrics", help="metrics.json written by `sd-erase evaluate`, shown in the card and its model-index")
+    add_hub_arguments(push_parser)
+    push_parser.set_defaults(run=cmd_push)
     demo_parser = sub.add_parser("demo", help="erase 'circle' from the bundled shapes model and show before/after",
                                  description="Erase a concept from the bundled shapes-world model with SalUn's defaults, "
                                  "evaluate base and erased model, print the table and write the report.")
