@@ -322,6 +322,7 @@ def erase_pipeline(pipeline, config: SalUnConfig, accelerator=None, step_callbac
     with timer.phase("unlearning"):
         logs = unlearn(pipeline, forget, retain, mask, prompts, config, accelerator,
                        step_callback=step_callback, show_progress=show_progress)
+    pipeline.to(accelerator.device)  # unlearn() parked the text encoder and VAE on the CPU; inference needs them back
     return mask, _record(config, prompts, mask, timer, logs, len(forget), len(retain))
 
 

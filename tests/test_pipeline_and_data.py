@@ -24,6 +24,7 @@ def test_pipeline_erase_in_memory_then_save_as_stock(tiny_sd, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert all(torch.equal(before[k][~mask[k]], after[k][~mask[k]]) for k in before)
     assert pipe.erasure_record["steps"] == 3
+    assert {m.device for m in (pipe.unet, pipe.text_encoder, pipe.vae)} == {pipe.device}
     # inference is StableDiffusionPipeline's, and runs in fp32 as before (no leftover autocast)
     image = pipe("a photo", num_inference_steps=2, output_type="latent").images
     assert image.dtype == torch.float32 and image.shape == (1, 4, 8, 8)
