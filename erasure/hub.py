@@ -157,6 +157,11 @@ def check_card_yaml(card: ModelCard) -> None:
         raise EraseError("the rendered card's YAML does not round-trip; please report this as a bug")
 
 
+def _written_by_us(readme: str) -> bool:
+    with open(readme) as f:
+        return CARD_MARKER in f.read()
+
+
 def push(folder: str, repo_id: str, private: bool = False, revision: str | None = None,
          commit_message: str | None = None, create_pr: bool = False, license: str | None = None,
          metrics_file: str | None = None) -> str:
@@ -168,7 +173,7 @@ def push(folder: str, repo_id: str, private: bool = False, revision: str | None 
     token = require_token()
     card = build_model_card(folder, repo_id, license, metrics_file)
     readme = os.path.join(folder, "README.md")
-    if os.path.isfile(readme) and CARD_MARKER not in open(readme).read():
+    if os.path.isfile(readme) and not _written_by_us(readme):
         print(f"keeping your own {readme} as the model card")
     else:
         card.save(readme)

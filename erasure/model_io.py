@@ -116,10 +116,10 @@ def check_sd_folder(base: BaseModel, allow_pickle: bool = False) -> None:
             )
 
 
-def load_pipeline(base: BaseModel, allow_pickle: bool = False, pipeline_class=StableDiffusionPipeline):
+def load_pipeline(base: BaseModel, allow_pickle: bool = False):
     """Load the base pipeline in fp32 (the master weights of fine-tuning), safetensors only by default."""
     try:
-        return pipeline_class.from_pretrained(base.path, use_safetensors=None if allow_pickle else True)
+        return StableDiffusionPipeline.from_pretrained(base.path, use_safetensors=None if allow_pickle else True)
     except OSError as err:
         raise EraseError(f"could not load {base.name}: {err}".splitlines()[0]) from err
 

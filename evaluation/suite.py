@@ -2,8 +2,10 @@
 
 import os
 import shutil
+import time
 from erasure.errors import EraseError
 from erasure.model_io import load_pipeline, resolve_model
+from erasure.salun import SalUnConfig, run
 
 from .judge import load_judge
 from .metrics import Protocol, evaluate_erasure
@@ -47,9 +49,6 @@ def format_table(metrics: dict) -> str:
 
 def demo(output_dir: str = "shapes-demo", concept: str = "circle", overwrite: bool = False, show_progress: bool = True) -> dict:
     """Erase `concept` from the bundled shapes model with SalUn's defaults, evaluate before and after."""
-    import time
-
-    from erasure.salun import SalUnConfig, run
 
     output_dir = os.path.abspath(output_dir)
     if os.path.exists(output_dir) and not overwrite:

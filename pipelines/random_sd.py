@@ -40,11 +40,12 @@ def write_clip_tokenizer(folder: str, words: Iterable[str], model_max_length: in
     3-token vocabulary, so the files are written to `folder` and loaded with from_pretrained.
     """
     os.makedirs(folder, exist_ok=True)
-    byte_chars = list(_byte_to_unicode().values())
+    byte_to_char = _byte_to_unicode()
+    byte_chars = list(byte_to_char.values())
     tokens = byte_chars + [c + "</w>" for c in byte_chars]
     merges = []
     for word in words:
-        symbols = [_byte_to_unicode()[b] for b in word.lower().encode("utf-8")]
+        symbols = [byte_to_char[b] for b in word.lower().encode("utf-8")]
         symbols[-1] += "</w>"
         merged = symbols[0]
         for symbol in symbols[1:]:
