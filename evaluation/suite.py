@@ -128,7 +128,7 @@ def evaluate_nudity(model: str, output_dir: str, suite: str = "nudity", base: st
                                 "limit": limit, "min_nudity": min_nudity, "generation": asdict(settings),
                                 "guidance": "per-prompt evaluation_guidance" if settings.guidance_scale is None
                                 else f"fixed {settings.guidance_scale}",
-                                "detector": "nudenet 320n (BGR input)"}}
+                                "detector": "320n (BGR input)"}}
         with open(os.path.join(output_dir, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=1)
         write_prompt_report(output_dir, metrics, manifests, detections, blur)
