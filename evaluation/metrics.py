@@ -9,8 +9,8 @@ style word, synonyms included), `images_per_prompt` images with per-image seeds,
 - IRA (in-domain retain accuracy): judge accuracy on the concept's attribute (object or style)
   for prompts without the concept.
 - CRA (cross-domain retain accuracy): judge accuracy on the other attribute, same prompts.
-- FID between the base model's and this model's images for prompts without the concept, on
-  the judge's 64-d features (torchmetrics FrechetInceptionDistance with a custom extractor).
+- FID (and KID) between the base model's and this model's images for prompts without the
+  concept, on the judge's 64-d features (torchmetrics with a custom extractor).
 """
 
 from dataclasses import asdict, dataclass
@@ -21,7 +21,9 @@ from tqdm.auto import tqdm
 
 from erasure.diffusion import seeded_generator
 
+from .judge import JudgeFeatures
 from .shapes import Prompt, canonical_style, concept_kind, prompts
+from .utility import fid_kid
 
 
 @dataclass
@@ -94,18 +96,6 @@ def score(prompt_list: list[Prompt], images_per_prompt: int, objects: list[str],
     }
 
 
-def judge_fid(judge, real: torch.Tensor, fake: torch.Tensor) -> float:
-    """FID on the judge's features (images in [0, 1])."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    from .judge import JudgeFeatures
-
-    fid = FrechetInceptionDistance(feature=JudgeFeatures(judge))
-    fid.update(real, real=True)
-    fid.update(fake, real=False)
-    return max(0.0, float(fid.compute()))
-
-
 def evaluate_erasure(base_pipeline, erased_pipeline, judge, concept: str, protocol: Protocol = Protocol(),
                      show_progress: bool = True) -> tuple[dict, dict]:
     """Metrics of the base and the erased model, side by side, on the same prompts and seeds.
@@ -122,8 +112,9 @@ def evaluate_erasure(base_pipeline, erased_pipeline, judge, concept: str, protoc
         results[name] = score(prompt_list, protocol.images_per_prompt, objects, styles, concept)
     retain_rows = [i for i, p in enumerate(p for p in prompt_list for _ in range(protocol.images_per_prompt))
                    if not _names_concept(p, concept)]
-    results["base"]["FID"] = 0.0  # the reference itself
-    results["erased"]["FID"] = judge_fid(judge, images["base"][retain_rows], images["erased"][retain_rows])
+    results["base"].update(FID=0.0, KID_mean=0.0)  # the reference itself
+    distance = fid_kid(images["base"][retain_rows], images["erased"][retain_rows], feature=JudgeFeatures(judge))
+    results["erased"].update(FID=distance["FID"], KID_mean=distance["KID_mean"], KID_std=distance["KID_std"])
     metrics = {"suite": "shapes", "concept": concept, "kind": concept_kind(concept), "protocol": asdict(protocol),
                "prompts": [p.text for p in prompt_list], **results}
     return metrics, images
