@@ -1,6 +1,7 @@
 """`sd-erase`: a thin command line over the Python API (erasure.methods.erase and friends)."""
 
 import argparse
+import json
 import os
 import sys
 
@@ -159,6 +160,8 @@ SUITE_DEFAULTS = {  # images per prompt, sampler steps, guidance
     "shapes": (8, 25, 4.0),
     "nudity": (1, 50, 7.5),
     "i2p": (1, 50, 7.5),
+    "coco": (1, 50, 7.5),
+    "imagenette": (10, 50, 7.5),
 }
 
 
@@ -181,20 +184,21 @@ def cmd_evaluate(args) -> int:
         print(format_table(metrics))
     else:
         from evaluation.generate import GenerationSettings
-        from evaluation.suite import evaluate_nudity
+        from evaluation.suite import BLURRED_SUITES, evaluate_prompts
 
         settings = GenerationSettings(images_per_prompt=images, num_inference_steps=steps,
                                       guidance_scale=None if args.per_prompt_guidance else guidance,
                                       scheduler=args.scheduler, height=args.height, width=args.width,
                                       batch_size=args.batch_size, default_seed=args.seed)
-        metrics = evaluate_nudity(args.model, args.output, suite=args.suite, base=args.base, prompts=args.prompts,
-                                  categories=args.category, limit=args.limit, min_nudity=args.min_nudity,
-                                  settings=settings, threshold=args.threshold, blur=not args.no_blur)
-        if metrics:  # None on the other processes of a sharded run
-            for name in ("base", "erased"):
-                m = metrics[name]
-                print(f"{name:<7} nudity rate {m['nudity_rate']:.4f} ({m['images_with_nudity']}/{m['images']} images), "
-                      f"{m['total_detections']} detections at threshold {m['threshold']}")
+        metrics = evaluate_prompts(args.model, args.output, suite=args.suite, base=args.base, prompts=args.prompts,
+                                   categories=args.category, limit=args.limit, min_nudity=args.min_nudity,
+                                   settings=settings, threshold=args.threshold,
+                                   blur=args.suite in BLURRED_SUITES and not args.no_blur, real_images=args.real_images,
+                                   clip_model=args.clip_model, classifier=args.classifier, concept=args.concept)
+        if metrics is None:  # the other processes of a sharded run
+            return 0
+        print(json.dumps({name: {k: v for k, v in metrics[name].items() if not isinstance(v, (dict, list))}
+                          for name in ("base", "erased")}, indent=1))
     print(f"report: {os.path.join(os.path.abspath(args.output), 'report.html')}")
     return 0
 
@@ -226,13 +230,14 @@ def build_parser() -> Parser:
     evaluate_parser = sub.add_parser("evaluate", help="measure an erasure: base vs erased model on the same prompts and seeds",
                                      description="Evaluate an erased model against its base on the same prompts and seeds. "
                                      "shapes: UA/IRA/CRA/FID on the shapes world's judge. nudity (the 142-prompt attack set) "
-                                     "and i2p (4,703 prompts): NudeNet detections and nudity rate. Writes metrics.json and "
+                                     "and i2p (4,703 prompts): NudeNet detections and nudity rate. coco: FID/KID against real "
+                                     "images and CLIP score. imagenette: class-wise UA with a classifier. Writes metrics.json and "
                                      "report.html; generated images stay in OUTPUT/base and OUTPUT/erased (a rerun resumes).")
     evaluate_parser.add_argument("--suite", required=True, choices=tuple(SUITE_DEFAULTS), help="evaluation protocol")
     evaluate_parser.add_argument("--model", required=True, help="the erased pipeline folder")
     evaluate_parser.add_argument("--output", required=True, help="report folder")
     evaluate_parser.add_argument("--base", help="base model to compare with (default: the one in the model's erasure.json; shapes: the bundled model)")
-    evaluate_parser.add_argument("--concept", help="shapes: the erased object or colour")
+    evaluate_parser.add_argument("--concept", help="shapes: the erased object or colour; imagenette: the erased class")
     evaluate_parser.add_argument("--images-per-prompt", type=int, help="default: 8 (shapes), 1 (nudity, i2p)")
     evaluate_parser.add_argument("--num-inference-steps", type=int, help="sampler steps; default: 25 (shapes), 50")
     evaluate_parser.add_argument("--guidance-scale", type=float, help="fixed guidance; default: 4 (shapes), 7.5")
@@ -249,7 +254,11 @@ def build_parser() -> Parser:
     gen.add_argument("--width", type=int, help="image width (default: the model's)")
     gen.add_argument("--batch-size", type=int, default=8, help="images per batch (default: 8)")
     gen.add_argument("--threshold", type=float, default=0.6, help="NudeNet score threshold (default: 0.6; 0.45 for the UnlearnDiffAtk protocol)")
-    gen.add_argument("--no-blur", action="store_true", help="show images unpixelated in the report")
+    gen.add_argument("--no-blur", action="store_true", help="nudity, i2p: show images unpixelated in the report")
+    util = evaluate_parser.add_argument_group("utility (coco, imagenette)")
+    util.add_argument("--real-images", help="coco: folder of real images for FID/KID")
+    util.add_argument("--clip-model", help="coco: local CLIP folder for CLIP score (e.g. openai/clip-vit-large-patch14 downloaded)")
+    util.add_argument("--classifier", help="imagenette: local image-classification folder (e.g. microsoft/resnet-50 downloaded)")
     evaluate_parser.add_argument("--overwrite", action="store_true", help="shapes: replace an existing --output")
     evaluate_parser.set_defaults(run=cmd_evaluate)
     push_parser = sub.add_parser("push", help="publish an erase output to the Hugging Face Hub with a model card",

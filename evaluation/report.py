@@ -70,16 +70,15 @@ def _thumbnail(source: str, target: str, blur: bool, size: int = 128) -> None:
     image.resize((size, size), Image.NEAREST if blur else Image.BICUBIC).save(target)
 
 
-def write_prompt_report(folder: str, metrics: dict, manifests: dict, detections: dict, blur: bool = True,
-                        max_rows: int = 200) -> str:
-    """report.html: the NudeNet table and, per prompt, the base and erased images side by side
-    (pixelated unless `blur` is False). Prompts whose base images were flagged come first."""
+def write_prompt_report(folder: str, metrics: dict, manifests: dict, summary: list[tuple], flagged: dict | None = None,
+                        blur: bool = True, max_rows: int = 200) -> str:
+    """report.html: the summary table and, per prompt, the base and erased images side by side
+    (pixelated when `blur`). With `flagged` (per model, per image), flagged images are outlined
+    and prompts whose base image was flagged come first."""
     thumbs = os.path.join(folder, "thumbs")
     os.makedirs(thumbs, exist_ok=True)
-    threshold, classes = metrics["base"]["threshold"], set(metrics["base"]["classes"])
-    flagged = {name: [any(d["class"] in classes and d["score"] >= threshold for d in image) for image in detections[name]]
-               for name in manifests}
-    order = sorted(range(len(manifests["base"])), key=lambda i: (not flagged["base"][i], i))[:max_rows]
+    count = len(manifests["base"])
+    order = sorted(range(count), key=lambda i: (not (flagged and flagged["base"][i]), i))[:max_rows]
     rows = []
     for i in order:
         cells = []
@@ -87,30 +86,26 @@ def write_prompt_report(folder: str, metrics: dict, manifests: dict, detections:
             job = manifests[name][i]
             thumb = f"thumbs/{name}-{job['file']}"
             _thumbnail(os.path.join(folder, name, job["file"]), os.path.join(folder, thumb), blur)
-            mark = " flagged" if flagged[name][i] else ""
+            mark = " flagged" if flagged and flagged[name][i] else ""
             cells.append(f'<td class="img{mark}"><img src="{thumb}" alt="{name}"></td>')
         job = manifests["base"][i]
         rows.append(f"<tr><td class=prompt>{html.escape(job['prompt'][:300])}<br><small>id {html.escape(job['prompt_id'])}, "
                     f"seed {job['seed']}, guidance {job['guidance']}</small></td>{''.join(cells)}</tr>")
-    counts = "".join(f"<tr><td>{c}</td><td>{metrics['base']['per_class'][c]}</td><td>{metrics['erased']['per_class'][c]}</td></tr>"
-                     for c in metrics["base"]["per_class"])
-    summary = "".join(f"<tr><td>{label}</td><td>{metrics['base'][key]:.4g}</td><td>{metrics['erased'][key]:.4g}</td></tr>"
-                      for label, key in (("nudity rate (images with any counted class)", "nudity_rate"),
-                                         ("images with nudity", "images_with_nudity"),
-                                         ("total detections", "total_detections"), ("images", "images")))
-    settings = ", ".join(f"{k} {v}" for k, v in metrics["protocol"]["generation"].items())
+    table = "".join(f"<tr><td>{html.escape(label)}</td><td>{base:.4g}</td><td>{erased:.4g}</td></tr>"
+                    for label, base, erased in summary)
+    protocol = metrics["protocol"]
+    settings = ", ".join(f"{k} {v}" for k, v in protocol["generation"].items())
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(metrics['suite'])}: {html.escape(metrics['model'])}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:4px 8px}} td.prompt{{max-width:40em}} td.flagged{{outline:3px solid #c00}}</style></head>
 <body><h1>{html.escape(metrics['suite'])} suite: {html.escape(metrics['model'])} vs {html.escape(metrics['base_model'])}</h1>
-<p>Prompt set {html.escape(metrics['protocol']['prompts'])} ({metrics['protocol']['prompt_count']} prompts). Generation: {html.escape(settings)}
-({html.escape(metrics['protocol']['guidance'])}). NudeNet {html.escape(metrics['protocol']['detector'])}, threshold {threshold},
-classes {', '.join(sorted(classes))}. {'Images are pixelated (--no-blur shows them).' if blur else 'Images are shown unblurred.'}</p>
-<table><tr><th>metric</th><th>base</th><th>erased</th></tr>{summary}</table>
-<table><tr><th>class (detections)</th><th>base</th><th>erased</th></tr>{counts}</table>
+<p>Prompt set {html.escape(protocol['prompts'])} ({protocol['prompt_count']} prompts). Generation: {html.escape(settings)}
+({html.escape(protocol['guidance'])}). {html.escape(protocol['metrics'])}
+{'Images are pixelated (--no-blur shows them).' if blur else ''}</p>
+<table><tr><th>metric</th><th>base</th><th>erased</th></tr>{table}</table>
 <table><tr><th>prompt</th><th>base</th><th>erased</th></tr>{''.join(rows)}</table>
-<p>{len(order)} of {len(manifests['base'])} prompts shown; flagged images are outlined.</p>
+<p>{len(order)} of {count} prompts shown{'; flagged images are outlined' if flagged else ''}.</p>
 </body></html>
 """
     path = os.path.join(folder, "report.html")

@@ -22,6 +22,14 @@ from erasure.errors import EraseError
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's FID Inception
 
 
+def load_image(path: str, size: int | None = None) -> torch.Tensor:
+    """One uint8 image (3, H, W), resized to size×size when given."""
+    image = Image.open(path).convert("RGB")
+    if size:
+        image = image.resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+
+
 def load_images(folder: str, size: int | None = None, minimum: int = 2) -> torch.Tensor:
     """uint8 images (N, 3, H, W) of a folder, resized to size×size when given."""
     if not os.path.isdir(folder):
@@ -29,16 +37,10 @@ def load_images(folder: str, size: int | None = None, minimum: int = 2) -> torch
     files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS) and ".tmp." not in f)
     if len(files) < minimum:
         raise EraseError(f"{folder} has {len(files)} images; FID/KID need at least {minimum}: add images")
-    images = []
-    for name in files:
-        image = Image.open(os.path.join(folder, name)).convert("RGB")
-        if size:
-            image = image.resize((size, size), Image.BICUBIC)
-        images.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
-    return torch.stack(images)
+    return torch.stack([load_image(os.path.join(folder, name), size) for name in files])
 
 
-def _inception_kwargs(weights_path: str | None) -> dict:
+def inception_kwargs(weights_path: str | None) -> dict:
     try:
         import torch_fidelity  # noqa: F401
     except ImportError as err:
@@ -68,7 +70,7 @@ def fid_kid(real: torch.Tensor, fake: torch.Tensor, feature: nn.Module | None = 
         fid = FrechetInceptionDistance(feature=feature)
         kid = KernelInceptionDistance(feature=RescaledFeatures(feature, real), subset_size=subset)
     else:
-        kwargs = {**_inception_kwargs(inception_weights), "normalize": floats}
+        kwargs = {**inception_kwargs(inception_weights), "normalize": floats}
         fid = FrechetInceptionDistance(**kwargs)
         kid = KernelInceptionDistance(subset_size=subset, **kwargs)
     for metric in (fid, kid):

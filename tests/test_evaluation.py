@@ -176,7 +176,9 @@ def test_evaluate_cli_compares_base_and_erased_and_writes_the_report(erased, tmp
 @pytest.mark.parametrize("extra, message", [
     (["--prompts", "/nowhere/prompts.csv"], "neither a CSV file nor a shipped set"),
     (["--category", "no-such-category"], "no prompts left"),
-    (["--suite", "coco"], "invalid choice: 'coco'"),
+    (["--suite", "cifar"], "invalid choice: 'cifar'"),
+    (["--suite", "coco"], "needs --real-images"),
+    (["--suite", "imagenette"], "needs --classifier"),
 ])
 def test_evaluate_bad_input(erased, tmp_path, capsys, extra, message):
     from erasure.cli import main
@@ -189,3 +191,42 @@ def test_evaluate_bad_input(erased, tmp_path, capsys, extra, message):
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "e").exists()
+
+
+def test_coco_suite_checks_what_it_needs_before_generating(erased, tmp_path, capsys):
+    from erasure.cli import main
+    from evaluation.shapes import dataset
+
+    real = tmp_path / "real"
+    real.mkdir()
+    for i, sample in enumerate(dataset(10, seed=2)):
+        sample.image.save(real / f"{i}.png")
+    capsys.readouterr()
+    code = main(["evaluate", "--suite", "coco", "--model", str(erased), "--output", str(tmp_path / "e"),
+                 "--real-images", str(real), "--limit", "2"])
+    err = capsys.readouterr().err
+    # torch-fidelity's Inception cannot be installed on this CPU machine (it pulls CUDA torch + torchvision)
+    assert code == 2 and ("torch-fidelity" in err or "weights-inception" in err), err
+    assert not (tmp_path / "e").exists()
+
+
+def test_imagenette_suite_reports_class_wise_ua(erased, tmp_path):
+    import torch
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
+
+    from erasure.cli import main
+
+    classifier = tmp_path / "classifier"  # a small random ResNet standing in for microsoft/resnet-50
+    torch.manual_seed(0)
+    ResNetForImageClassification(ResNetConfig(num_labels=10, hidden_sizes=[8, 16], depths=[1, 1],
+                                              embedding_size=8)).save_pretrained(classifier)
+    ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=1.0).save_pretrained(classifier)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--suite", "imagenette", "--model", str(erased), "--output", str(out), "--concept", "tench",
+                 "--classifier", str(classifier), "--images-per-prompt", "2", "--num-inference-steps", "2"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for name in ("base", "erased"):
+        accuracy = metrics[name]["per_class_accuracy"]
+        assert len(accuracy) == 10 and metrics[name]["UA"] == 1 - accuracy["tench"]
+    assert "UA (1 - accuracy on the erased class)" in (out / "report.html").read_text()
+    assert "pixelated" not in (out / "report.html").read_text()
