@@ -28,6 +28,14 @@ SCHEDULERS = {"ddim": DDIMScheduler, "pndm": PNDMScheduler, "lms": LMSDiscreteSc
 FALLBACK_GUIDANCE = 7.5
 
 
+def process_state() -> PartialState:
+    """This process's place in a sharded run. Accelerate uses the CPU (gloo) backend only when
+    asked, which `Accelerator()` does from ACCELERATE_USE_CPU but a bare PartialState() does not:
+    without this, torchrun on CPUs would run K unaware copies."""
+    return PartialState(cpu=not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower()
+                        in ("1", "true", "yes"))
+
+
 @dataclass
 class GenerationSettings:
     images_per_prompt: int = 1
@@ -81,7 +89,7 @@ def check_same_run(folder: str, record: dict) -> None:
 def generate_images(pipeline, rows: list[PromptRow], folder: str, settings: GenerationSettings, run_info: dict,
                     show_progress: bool = True) -> list[dict]:
     """Write the images of `rows` into `folder` (skipping those present); returns the manifest records."""
-    state = PartialState()
+    state = process_state()
     record = {"settings": asdict(settings), "prompts": [r.id for r in rows], **run_info}
     check_same_run(folder, record)
     state.wait_for_everyone()
@@ -94,6 +102,7 @@ def generate_images(pipeline, rows: list[PromptRow], folder: str, settings: Gene
     pipeline.set_progress_bar_config(disable=True)
     jobs = image_jobs(rows, settings)
     todo = [job for job in jobs if not os.path.isfile(os.path.join(folder, job.file))]
+    state.wait_for_everyone()  # every process lists what is missing before any writes: same batches everywhere
     with state.split_between_processes(_batches(todo, settings.batch_size)) as my_batches:
         for batch in tqdm(my_batches, desc=f"generating into {os.path.basename(folder)}",
                           disable=not (show_progress and state.is_main_process)):

@@ -7,12 +7,11 @@ import time
 from dataclasses import asdict
 
 import torch
-from accelerate import PartialState
 from erasure.errors import EraseError
 from erasure.model_io import load_pipeline, resolve_model
 from erasure.salun import SalUnConfig, run
 
-from .generate import GenerationSettings, check_same_run, generate_images
+from .generate import GenerationSettings, check_same_run, generate_images, process_state
 from .judge import load_judge
 from .nudity import DEFAULT_THRESHOLD, detect_nudity, summarize_nudity
 from .prompt_sets import load_prompts
@@ -89,7 +88,7 @@ def generate_both(models: dict[str, str], rows, prompt_set: str, output_dir: str
                   show_progress: bool = True) -> tuple[dict, dict, dict]:
     """Images of the base and the erased model for the same rows and seeds, in OUTPUT/base and
     OUTPUT/erased (sharded over the processes, resumable). Returns folders, manifests, seconds."""
-    state = PartialState()
+    state = process_state()
     folders = {name: os.path.join(os.path.abspath(output_dir), name) for name in models}
     run_info = {name: {"model": path, "prompt_set": prompt_set} for name, path in models.items()}
     for name in models:  # refuse a folder of another run before loading anything
@@ -169,7 +168,7 @@ def evaluate_prompts(model: str, output_dir: str, suite: str = "nudity", base: s
     imagenette: class-wise UA with a local `classifier` for the erased class `concept`.
     Returns the metrics on the main process (None on the others of a sharded run).
     """
-    state = PartialState()
+    state = process_state()
     base = base or _base_of(model)
     if not base:
         raise EraseError(f"{model} has no erasure.json naming its base model: pass --base")

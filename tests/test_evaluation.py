@@ -108,6 +108,8 @@ def test_two_processes_write_exactly_the_files_of_one(tiny_sd, tmp_path):
         f"pipe = StableDiffusionPipeline.from_pretrained({str(tiny_sd)!r})\n"
         "generate_images(pipe, load_prompts('nudity-142', limit=5), sys.argv[1],\n"
         "                GenerationSettings(images_per_prompt=2, num_inference_steps=2, batch_size=2), {}, False)\n"
+        "from evaluation.generate import process_state\n"
+        "print('processes', process_state().num_processes)\n"
     )
     (tmp_path / "gen.py").write_text(script)
     env = {**os.environ, "PYTHONPATH": REPO, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
@@ -118,6 +120,7 @@ def test_two_processes_write_exactly_the_files_of_one(tiny_sd, tmp_path):
                           str(tmp_path / "gen.py"), str(tmp_path / "two")], env=env, capture_output=True, text=True,
                          timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
+    assert one.stdout.count("processes 1") == 1 and two.stdout.count("processes 2") == 2  # really sharded
     names = sorted(f for f in os.listdir(tmp_path / "one") if f.endswith(".png"))
     assert len(names) == 10 and names == sorted(f for f in os.listdir(tmp_path / "two") if f.endswith(".png"))
     for name in names + ["manifest.jsonl"]:
