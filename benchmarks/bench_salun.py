@@ -10,6 +10,9 @@ and prints one JSON object; `--record` also appends it to benchmarks/results.jso
 import argparse
 import json
 import os
+
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # e.g. per-prompt truncation notices for long I2P prompts
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import platform
 import tempfile
 from datetime import datetime, timezone
