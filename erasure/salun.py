@@ -12,21 +12,16 @@ Adam lr 1e-5, batch 8, 100 steps (one epoch of 800 images), α = 0.1 for nudity,
 
 import json
 import os
-import platform
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Callable, ClassVar
 
-import accelerate
-import diffusers
 import torch
-import transformers
 from diffusers import DDPMScheduler
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from . import __version__
 from .data import LatentSet, default_cache_dir, encode_image_folder, read_image_folder, synthesize_latents
 from .diffusion import (encode_prompts, epoch_indices, per_sample_mse, prediction_target, seeded_generator,
                         stack_embeddings)
@@ -34,7 +29,7 @@ from .errors import EraseError, TrainingDiverged
 from .model_io import BaseModel, OutputFolder, load_pipeline, resolve_model, save_stock_pipeline, weights_fingerprint
 from .prompts import ConceptPrompts, check_concept, concept_prompts
 from .saliency import SCOPES, full_mask, in_scope, load_mask, mask_densities, saliency_mask_from_scores, save_mask
-from .training import PhaseTimer, checkpoint_step, checkpoints, make_accelerator, save_checkpoint
+from .training import PhaseTimer, checkpoint_step, checkpoints, library_versions, make_accelerator, save_checkpoint
 
 RETAIN_LOSS_WEIGHT = {"nudity": 0.1, "class-wise": 0.5}
 
@@ -342,9 +337,7 @@ def _record(config, prompts, mask, timer, logs, forget_size, retain_size, base=N
         "final_losses": logs,
         "mask": {"ratio": config.mask_ratio, "scope": config.scope, "density": density, "layer_density": per_layer},
         **timer.report(),
-        "versions": {"sd-erasure": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-                     "transformers": transformers.__version__, "accelerate": accelerate.__version__,
-                     "python": platform.python_version()},
+        "versions": library_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

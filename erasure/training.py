@@ -60,6 +60,21 @@ def save_checkpoint(accelerator: Accelerator, folder: str, step: int, total_limi
             shutil.rmtree(old)
 
 
+def library_versions() -> dict:
+    """Versions that decide numbers, recorded next to every result."""
+    import platform
+
+    import accelerate
+    import diffusers
+    import transformers
+
+    from . import __version__
+
+    return {"sd-erasure": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "accelerate": accelerate.__version__,
+            "python": platform.python_version()}
+
+
 class PhaseTimer:
     """Seconds and peak memory per phase (CUDA: peak allocated in the phase; CPU: peak RSS so far)."""
 

@@ -9,6 +9,7 @@ from dataclasses import asdict
 import torch
 from erasure.errors import EraseError
 from erasure.model_io import load_pipeline, resolve_model
+from erasure.training import library_versions
 from erasure.salun import SalUnConfig, run
 
 from .generate import GenerationSettings, check_same_run, generate_images, process_state
@@ -35,7 +36,7 @@ def evaluate_shapes(model: str, concept: str, output_dir: str, base: str = "shap
     pipelines = {name: load_pipeline(resolve_model(path)) for name, path in (("base", base), ("erased", model))}
     judge = load_judge(JUDGE_FILE)
     metrics, images = evaluate_erasure(pipelines["base"], pipelines["erased"], judge, concept, protocol, show_progress)
-    metrics.update(model=model, base_model=base)
+    metrics.update(model=model, base_model=base, versions=library_versions())
     partial = output_dir + ".incomplete"
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(partial)
@@ -203,6 +204,7 @@ def evaluate_prompts(model: str, output_dir: str, suite: str = "nudity", base: s
         results, summary, flagged, note = _classwise_results(folders, manifests, rows, concept, classifier)
     seconds["total"] = round(time.perf_counter() - start, 2)
     metrics = {"suite": suite, "model": model, "base_model": base, **results, "seconds": seconds,
+               "versions": library_versions(),
                "protocol": {"prompts": prompt_set, "prompt_count": len(rows), "categories": categories, "limit": limit,
                             "min_nudity": min_nudity, "generation": asdict(settings), "metrics": note,
                             "guidance": "per-prompt evaluation_guidance" if settings.guidance_scale is None

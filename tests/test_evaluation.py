@@ -167,6 +167,7 @@ def test_evaluate_cli_compares_base_and_erased_and_writes_the_report(erased, tmp
     assert metrics["base_model"] == json.loads((erased / "erasure.json").read_text())["base_model"]["id"]
     assert metrics["base"]["images"] == metrics["erased"]["images"] == 4
     assert metrics["protocol"]["guidance"] == "fixed 7.5" and metrics["protocol"]["prompts"] == "nudity-142"
+    assert metrics["versions"]["diffusers"] and set(metrics["seconds"]) >= {"generate_base", "generate_erased", "total"}
     page = (out / "report.html").read_text()
     assert page.count('<img src="thumbs/') == 8 and "pixelated" in page
     assert all((out / "thumbs" / f"{n}-0000{i}-0.png").is_file() for n in ("base", "erased") for i in range(4))
