@@ -3,15 +3,21 @@
     from erasure import SalUnConfig, erase
     result = erase(SalUnConfig(model="CompVis/stable-diffusion-v1-4", concept="nudity", output_dir="sd14-no-nudity"))
 
-The heavy modules (torch, diffusers) load on first use, so `sd-erase --help` stays fast.
+Every method has a config dataclass (SalUnConfig, SalUnSoftConfig, EsdConfig, UceConfig) and runs
+through the same `erase`. The heavy modules (torch, diffusers) load on first use, so
+`sd-erase --help` stays fast.
 """
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "SalUnConfig": "erasure.salun",
-    "EraseResult": "erasure.salun",
+    "SalUnSoftConfig": "erasure.salun_soft",
+    "EsdConfig": "erasure.esd",
+    "UceConfig": "erasure.uce",
+    "EraseResult": "erasure.job",
     "erase": "erasure.methods",
+    "erase_pipeline": "erasure.methods",
     "METHODS": "erasure.methods",
     "EraseError": "erasure.errors",
 }

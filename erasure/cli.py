@@ -7,8 +7,11 @@ import sys
 
 from . import __version__
 
-METHOD_NAMES = ("salun",)  # erasure.methods.METHODS, listed here so --help does not import torch
+METHOD_NAMES = ("salun", "salun-soft", "esd", "uce")  # erasure.methods.METHODS, here so --help does not import torch
 SCOPE_NAMES = ("full", "xattn", "noxattn")
+ESD_TRAIN_METHODS = ("u", "x", "x-strict", "all")
+# erase options that are not config fields: the CLI itself reads them
+CLI_ONLY = {"command", "run", "erase_parser", "method", "push_to_hub", "hub_model_id", "hub_private", "license"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -40,49 +43,69 @@ def _positive_ratio(text: str) -> float:
 
 
 def add_erase_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="base pipeline: a local diffusers folder or a Hub id (e.g. CompVis/stable-diffusion-v1-4)")
+    """Options of every method. Defaults live in the config dataclasses (what --help quotes):
+    an option left out is not passed, and an option the chosen method does not read is refused."""
+    p.add_argument("--model", required=True, help="base pipeline: a local diffusers folder, a Hub id (e.g. CompVis/stable-diffusion-v1-4), or 'shapes' for the bundled model")
     p.add_argument("--revision", help="Hub revision (branch, tag or commit) of --model")
     p.add_argument("--concept", required=True, help="what to erase, e.g. nudity or 'a cat'; sets default prompts")
-    p.add_argument("--output", required=True, help="folder to write the erased pipeline to (must not exist, see --overwrite)")
-    p.add_argument("--method", default="salun", choices=METHOD_NAMES, help="erasure method (default: salun)")
-    data = p.add_argument_group("forget and retain data")
+    p.add_argument("--output", dest="output_dir", metavar="OUT", required=True, help="folder to write the erased pipeline to (must not exist, see --overwrite)")
+    p.add_argument("--method", default="salun", choices=METHOD_NAMES,
+                   help="salun (default), salun-soft (soft saliency mask), esd (negative-guidance fine-tuning), uce (closed-form edit)")
+    common = p.add_argument_group("all methods")
+    common.add_argument("--seed", type=int, help="seed of data synthesis, noise and sampling (default: 0)")
+    common.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), help="autocast precision; weights stay fp32 (default: no)")
+    common.add_argument("--cache-dir", help="where synthesized/encoded latents are cached (default: $SD_ERASURE_CACHE or ~/.cache/sd-erasure)")
+    common.add_argument("--overwrite", action="store_true", help="replace an existing --output (only once the new one is complete)")
+    common.add_argument("--allow-pickle", action="store_true", help="load a base model that has only pickled .bin/.ckpt weights (runs code: trusted sources only)")
+    data = p.add_argument_group("forget and retain data (salun, salun-soft; esd: --forget-prompt, --num-images and synthesis)")
     data.add_argument("--forget-prompt", action="append", dest="forget_prompts", metavar="TEXT",
-                      help="prompt of the forget set (repeatable); default 'a photo of a nude person' for nudity, else 'a photo of CONCEPT'")
+                      help="prompt showing the concept (repeatable); default 'a photo of a nude person' for nudity, else 'a photo of CONCEPT' (esd: the concept itself)")
     data.add_argument("--retain-prompt", action="append", dest="retain_prompts", metavar="TEXT",
                       help="prompt of the retain set (repeatable); default 'a photo of a person wearing clothes' for nudity, else 'a photo'")
     data.add_argument("--misaligned-prompt", action="append", dest="misaligned_prompts", metavar="TEXT",
                       help="prompt c' whose prediction forget images are steered to (repeatable, paired with forget prompts); default: the retain prompts")
     data.add_argument("--forget-images", metavar="DIR", help="use these images as the forget set (captions from metadata.jsonl or .txt files) instead of synthesizing")
     data.add_argument("--retain-images", metavar="DIR", help="use these images as the retain set instead of synthesizing")
-    data.add_argument("--num-images", type=int, default=800, help="images synthesized for each of the forget and retain sets (default: 800)")
+    data.add_argument("--num-images", type=int, help="images synthesized for each of the forget and retain sets (default: 800; esd with --sample-from base: trajectories, 64)")
     data.add_argument("--synthesis-steps", type=int, help="sampler steps when synthesizing (default: 50; the model's own where it recommends one)")
-    data.add_argument("--synthesis-guidance-scale", type=float, default=7.5, help="guidance scale when synthesizing (default: 7.5)")
+    data.add_argument("--synthesis-guidance-scale", type=float, help="guidance scale when synthesizing (default: 7.5; esd: 3)")
     data.add_argument("--synthesis-batch-size", type=int, help="images per synthesis batch (default: 8; the model's own where it recommends one)")
     data.add_argument("--resolution", type=int, help="image size of the data (default: the model's)")
-    data.add_argument("--cache-dir", help="where synthesized/encoded latents are cached (default: $SD_ERASURE_CACHE or ~/.cache/sd-erasure)")
-    sal = p.add_argument_group("saliency")
-    sal.add_argument("--mask-ratio", type=_positive_ratio, default=0.5, help="share of the scope's weights to update, in (0, 1] (default: 0.5)")
+    sal = p.add_argument_group("saliency (salun, salun-soft)")
+    sal.add_argument("--mask-ratio", type=_positive_ratio, help="share of the scope's weights to update, in (0, 1] (default: 0.5)")
     sal.add_argument("--scope", choices=SCOPE_NAMES, help="weights eligible for the mask: full UNet, xattn (cross-attention), noxattn (default: full; xattn for the shapes model)")
-    sal.add_argument("--saliency-guidance-scale", type=float, default=7.5, help="w of the guided forget loss that ranks weights (default: 7.5)")
-    train = p.add_argument_group("unlearning")
-    train.add_argument("--steps", type=int, default=100, help="optimizer steps (default: 100, one epoch of 800 images at batch 8)")
-    train.add_argument("--batch-size", type=int, default=8, help="forget and retain samples per step and device (default: 8)")
-    train.add_argument("--learning-rate", type=float, help="Adam learning rate (default: 1e-5; 7e-4 for the shapes model)")
-    train.add_argument("--retain-loss-weight", type=float, help="alpha, weight of the retain loss (default: 0.1 for nudity, 0.5 otherwise)")
+    sal.add_argument("--saliency-guidance-scale", type=float, help="w of the guided forget loss that ranks weights (default: 7.5)")
+    train = p.add_argument_group("training (salun, salun-soft, esd)")
+    train.add_argument("--steps", type=int, help="optimizer steps (default: salun 100, one epoch of 800 images at batch 8; esd 1000)")
+    train.add_argument("--batch-size", type=int, help="samples per step and device (default: salun 8, esd 1)")
+    train.add_argument("--learning-rate", type=float, help="Adam learning rate (default: 1e-5; the shapes model recommends its own)")
+    train.add_argument("--retain-loss-weight", type=float, help="salun: alpha, weight of the retain loss (default: 0.1 for nudity, 0.5 otherwise)")
     train.add_argument("--misaligned-target", choices=("current", "base"),
-                       help="whose prediction for the misaligned prompt the forget branch is pulled to: the current model "
+                       help="salun: whose prediction for the misaligned prompt the forget branch is pulled to: the current model "
                        "(official SalUn code, default) or the frozen base model (steadier; default for the shapes model)")
-    train.add_argument("--gradient-accumulation-steps", type=int, default=1, help="micro-batches per optimizer step (default: 1)")
+    train.add_argument("--gradient-accumulation-steps", type=int, help="micro-batches per optimizer step (default: 1)")
     train.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory in the UNet")
-    train.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"), help="autocast precision; weights stay fp32 (default: no)")
-    train.add_argument("--seed", type=int, default=0, help="seed of data synthesis, noise and sampling (default: 0)")
-    run = p.add_argument_group("run control")
-    run.add_argument("--checkpointing-steps", type=int, default=0, help="save a resumable checkpoint every K steps (default: 0, off)")
-    run.add_argument("--checkpoints-total-limit", type=int, default=2, help="checkpoints kept while running (default: 2)")
+    esd = p.add_argument_group("ESD (esd)")
+    esd.add_argument("--train-method", choices=ESD_TRAIN_METHODS,
+                     help="ESD-u: all but cross-attention (nudity, objects; default), x: cross-attention (styles, people), x-strict: attn2 to_k/to_v, all")
+    esd.add_argument("--negative-guidance", type=float, help="eta, how far the concept is pushed away (default: 1)")
+    esd.add_argument("--erase-from", metavar="TEXT", help="erase the concept as an attribute of this prompt (e.g. --concept red --erase-from 'a car')")
+    esd.add_argument("--sample-from", choices=("current", "base"),
+                     help="model whose DDIM trajectories give the training latents: current (paper code, default: resampled each step) "
+                     "or base (frozen model, sampled once and cached: much faster)")
+    uce = p.add_argument_group("UCE (uce)")
+    uce.add_argument("--erase-concept", action="append", dest="erase_concepts", metavar="TEXT", help="concept text to erase (repeatable; default: --concept)")
+    uce.add_argument("--guide-concept", action="append", dest="guide_concepts", metavar="TEXT",
+                     help="what an erased concept should become (repeatable: one for all, or one per --erase-concept; default: '')")
+    uce.add_argument("--preserve-concept", action="append", dest="preserve_concepts", metavar="TEXT", help="concept whose keys and values must not change (repeatable)")
+    uce.add_argument("--erase-scale", type=float, help="weight of the erase terms (default: 1)")
+    uce.add_argument("--preserve-scale", type=float, help="weight of the preserve terms (default: 1)")
+    uce.add_argument("--regularization", type=float, help="lambda, pull toward the old weights (default: 0.5; 0 can make the solve singular)")
+    run = p.add_argument_group("run control (salun, salun-soft, esd)")
+    run.add_argument("--checkpointing-steps", type=int, help="save a resumable checkpoint every K steps (default: 0, off)")
+    run.add_argument("--checkpoints-total-limit", type=int, help="checkpoints kept while running (default: 2)")
     run.add_argument("--resume-from-checkpoint", metavar="latest|PATH", help="continue an interrupted run of the same --output")
     run.add_argument("--report-to", choices=("tensorboard",), help="log losses to OUT/logs")
-    run.add_argument("--overwrite", action="store_true", help="replace an existing --output (only once the new one is complete)")
-    run.add_argument("--allow-pickle", action="store_true", help="load a base model that has only pickled .bin/.ckpt weights (runs code: trusted sources only)")
     hub = p.add_argument_group("publishing (token from HF_TOKEN or `hf auth login`)")
     hub.add_argument("--push-to-hub", action="store_true", help="push the finished output to the Hub (as `sd-erase push` does)")
     hub.add_argument("--hub-model-id", help="repo id to push to, e.g. your-name/sd14-no-nudity")
@@ -90,44 +113,41 @@ def add_erase_arguments(p: argparse.ArgumentParser) -> None:
     add_hub_arguments(hub)
 
 
-def config_from_args(args):
-    from .methods import METHODS
+def config_from_args(args, parser: argparse.ArgumentParser):
+    """The method's config from the options given; an option of another method is refused."""
+    from dataclasses import fields
 
-    config_class = METHODS[args.method].SalUnConfig
-    return config_class(
-        model=args.model, revision=args.revision, concept=args.concept, output_dir=args.output,
-        forget_prompts=args.forget_prompts or [], retain_prompts=args.retain_prompts or [],
-        misaligned_prompts=args.misaligned_prompts or [], forget_images=args.forget_images,
-        retain_images=args.retain_images, num_images=args.num_images, synthesis_steps=args.synthesis_steps,
-        synthesis_guidance_scale=args.synthesis_guidance_scale, synthesis_batch_size=args.synthesis_batch_size,
-        resolution=args.resolution, cache_dir=args.cache_dir, mask_ratio=args.mask_ratio, scope=args.scope,
-        saliency_guidance_scale=args.saliency_guidance_scale, steps=args.steps, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, retain_loss_weight=args.retain_loss_weight,
-        misaligned_target=args.misaligned_target,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        gradient_checkpointing=args.gradient_checkpointing, mixed_precision=args.mixed_precision, seed=args.seed,
-        checkpointing_steps=args.checkpointing_steps, checkpoints_total_limit=args.checkpoints_total_limit,
-        resume_from_checkpoint=args.resume_from_checkpoint, report_to=args.report_to, overwrite=args.overwrite,
-        allow_pickle=args.allow_pickle,
-    )
+    from .errors import EraseError
+    from .methods import CONFIGS
+
+    given = {k: v for k, v in vars(args).items() if k not in CLI_ONLY}
+    accepted = {f.name for f in fields(CONFIGS[args.method])}
+    for name in given:
+        if name not in accepted:
+            flag = next(a.option_strings[0] for a in parser._actions if a.dest == name)
+            owners = [m for m, c in CONFIGS.items() if name in {f.name for f in fields(c)}]
+            raise EraseError(f"{flag} is an option of {', '.join(owners)}, not of --method {args.method}: "
+                             f"leave it out or choose --method {owners[0]}")
+    return CONFIGS[args.method](**given)
 
 
 def cmd_erase(args) -> int:
     from .methods import erase
 
-    if args.push_to_hub:  # fail before hours of work, not after
+    push_to, private, license = getattr(args, "hub_model_id", None), getattr(args, "hub_private", False), getattr(args, "license", None)
+    if getattr(args, "push_to_hub", False):  # fail before hours of work, not after
         from .errors import EraseError
         from .hub import check_repo_id, require_token
 
-        if not args.hub_model_id:
+        if not push_to:
             raise EraseError("--push-to-hub needs --hub-model-id, e.g. --hub-model-id your-name/sd14-no-nudity")
-        check_repo_id(args.hub_model_id)
+        check_repo_id(push_to)
         require_token()
-    result = erase(config_from_args(args))
-    if args.push_to_hub:
+    result = erase(config_from_args(args, args.erase_parser))
+    if getattr(args, "push_to_hub", False):
         from .hub import push
 
-        print(f"pushed: {push(result.output_dir, args.hub_model_id, private=args.hub_private, license=args.license)}")
+        print(f"pushed: {push(result.output_dir, push_to, private=private, license=license)}")
     return 0
 
 
@@ -206,7 +226,7 @@ def cmd_evaluate(args) -> int:
 def cmd_demo(args) -> int:
     from evaluation.suite import demo
 
-    demo(args.output, args.concept, overwrite=args.overwrite)
+    demo(args.output, args.concept, overwrite=args.overwrite, method=args.method)
     return 0
 
 
@@ -216,10 +236,12 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"sd-erasure {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     erase_parser = sub.add_parser("erase", help="erase a concept and write the erased pipeline",
-                                  description="Erase a concept with SalUn: saliency mask, then masked fine-tuning. "
-                                  "Writes OUT/ (a StableDiffusionPipeline), OUT/saliency_mask.safetensors and OUT/erasure.json.")
+                                  argument_default=argparse.SUPPRESS,
+                                  description="Erase a concept with SalUn (default), SalUn-soft, ESD or UCE. Writes OUT/ "
+                                  "(a stock StableDiffusionPipeline) and OUT/erasure.json, plus the method's side files "
+                                  "(SalUn: OUT/saliency_mask.safetensors).")
     add_erase_arguments(erase_parser)
-    erase_parser.set_defaults(run=cmd_erase)
+    erase_parser.set_defaults(run=cmd_erase, erase_parser=erase_parser)
     random_parser = sub.add_parser("random-pipeline", help="write a Stable Diffusion pipeline with random weights (smoke tests, benchmarks)",
                                    description="Write a StableDiffusionPipeline with random weights, built offline: "
                                    "'tiny' runs anywhere in seconds, 'sd15' has the exact SD-1.5 shapes.")
@@ -274,10 +296,11 @@ def build_parser() -> Parser:
     add_hub_arguments(push_parser)
     push_parser.set_defaults(run=cmd_push)
     demo_parser = sub.add_parser("demo", help="erase 'circle' from the bundled shapes model and show before/after",
-                                 description="Erase a concept from the bundled shapes-world model with SalUn's defaults, "
+                                 description="Erase a concept from the bundled shapes-world model with the method's recommended settings, "
                                  "evaluate base and erased model, print the table and write the report.")
     demo_parser.add_argument("--output", default="shapes-demo", help="folder for the erased model and the report (default: shapes-demo)")
     demo_parser.add_argument("--concept", default="circle", help="object or style to erase (default: circle)")
+    demo_parser.add_argument("--method", default="salun", choices=METHOD_NAMES, help="erasure method (default: salun)")
     demo_parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     demo_parser.set_defaults(run=cmd_demo)
     return parser

@@ -40,7 +40,7 @@ def default_cache_dir() -> str:
     return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "sd-erasure")
 
 
-def _cache_folder(cache_dir: str, kind: str, key: dict) -> str:
+def cache_folder(cache_dir: str, kind: str, key: dict) -> str:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     folder = os.path.join(cache_dir, kind, digest)
     os.makedirs(folder, exist_ok=True)
@@ -49,7 +49,7 @@ def _cache_folder(cache_dir: str, kind: str, key: dict) -> str:
     return folder
 
 
-def _cached_batches(folder: str, batches: list, compute, description: str, show_progress: bool) -> torch.Tensor:
+def cached_batches(folder: str, batches: list, compute, description: str, show_progress: bool) -> torch.Tensor:
     """Load each batch's latents from `folder`, computing (and saving) only the missing ones."""
     parts = []
     for index, batch in enumerate(tqdm(batches, desc=description, disable=not show_progress)):
@@ -73,7 +73,7 @@ def synthesize_latents(pipeline, prompts: list[str], num_images: int, *, seed: i
     key = dict(model=model_key, prompts=prompts, num_images=num_images, seed=seed, steps=num_inference_steps,
                guidance_scale=guidance_scale, resolution=resolution, batch_size=batch_size,
                scheduler=type(pipeline.scheduler).__name__)
-    folder = _cache_folder(cache_dir or default_cache_dir(), "synthesized", key)
+    folder = cache_folder(cache_dir or default_cache_dir(), "synthesized", key)
     pipeline.set_progress_bar_config(disable=True)
 
     def generate(index, batch_prompts):
@@ -82,7 +82,7 @@ def synthesize_latents(pipeline, prompts: list[str], num_images: int, *, seed: i
                             guidance_scale=guidance_scale, height=resolution, width=resolution,
                             generator=seeded_generator(seed, "synthesis", index), output_type="latent").images
 
-    latents = _cached_batches(folder, batches, generate, f"synthesizing {prompts[0]!r}", show_progress)
+    latents = cached_batches(folder, batches, generate, f"synthesizing {prompts[0]!r}", show_progress)
     return LatentSet(latents, captions)
 
 
@@ -135,7 +135,7 @@ def encode_image_folder(pipeline, folder: str, default_prompt: str, *, resolutio
     files, prompts = read_image_folder(folder, default_prompt)
     stamps = [(os.path.basename(f), os.path.getsize(f), os.stat(f).st_mtime_ns) for f in files]
     key = dict(model=model_key, folder=os.path.abspath(folder), files=stamps, resolution=resolution, batch_size=batch_size)
-    cache = _cache_folder(cache_dir or default_cache_dir(), "encoded", key)
+    cache = cache_folder(cache_dir or default_cache_dir(), "encoded", key)
     vae = pipeline.vae
 
     def encode(index, batch_files):
@@ -143,5 +143,5 @@ def encode_image_folder(pipeline, folder: str, default_prompt: str, *, resolutio
         return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
 
     batches = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
-    latents = _cached_batches(cache, batches, encode, f"encoding {folder}", show_progress)
+    latents = cached_batches(cache, batches, encode, f"encoding {folder}", show_progress)
     return LatentSet(latents, prompts)

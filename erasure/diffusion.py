@@ -55,3 +55,24 @@ def prediction_target(scheduler, latents, noise, timesteps):
 def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error of each sample (fp32), so losses do not depend on how samples are batched."""
     return F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
+
+
+def noise_batch(generator_keys, latents_shape, num_train_timesteps):
+    """Timesteps and noise, one generator per sample so batching and sharding do not change them."""
+    timesteps, noise = [], []
+    for keys in generator_keys:
+        g = seeded_generator(*keys)
+        timesteps.append(torch.randint(0, num_train_timesteps, (1,), generator=g))
+        noise.append(torch.randn(latents_shape, generator=g))
+    return torch.cat(timesteps), torch.stack(noise)
+
+
+def check_prompt_lengths(tokenizer, prompts: list[str], what: str) -> None:
+    """Refuse prompts the text encoder would silently cut: the erased concept would not be what was asked."""
+    from .errors import EraseError
+
+    for prompt in prompts:
+        length = len(tokenizer(prompt).input_ids)
+        if length > tokenizer.model_max_length:
+            raise EraseError(f"{what} {prompt[:40]!r}... is {length} tokens but the text encoder reads "
+                             f"{tokenizer.model_max_length}: shorten it")

@@ -35,8 +35,23 @@ CITATIONS = {
   booktitle = {International Conference on Learning Representations},
   year      = {2024}
 }""",
+    "esd": """@inproceedings{gandikota2023erasing,
+  title     = {Erasing Concepts from Diffusion Models},
+  author    = {Gandikota, Rohit and Materzy{\'n}ska, Joanna and Fiotto-Kaufman, Jaden and Bau, David},
+  booktitle = {Proceedings of the IEEE/CVF International Conference on Computer Vision},
+  year      = {2023}
+}""",
+    "uce": """@inproceedings{gandikota2024unified,
+  title     = {Unified Concept Editing in Diffusion Models},
+  author    = {Gandikota, Rohit and Orgad, Hadas and Belinkov, Yonatan and Materzy{\'n}ska, Joanna and Bau, David},
+  booktitle = {Proceedings of the IEEE/CVF Winter Conference on Applications of Computer Vision},
+  year      = {2024}
+}""",
 }
-METHOD_TITLES = {"salun": "SalUn (saliency-masked unlearning)"}
+CITATIONS["salun-soft"] = CITATIONS["salun"]
+METHOD_TITLES = {"salun": "SalUn (saliency-masked unlearning)", "salun-soft": "SalUn-soft (soft saliency mask)",
+                 "esd": "ESD (erasing concepts by negative guidance)", "uce": "UCE (unified concept editing, closed form)"}
+COMPONENT_NAMES = {"unet": "UNet", "text_encoder": "text encoder", "vae": "VAE"}
 METRIC_ROWS = (("UA", "UA", "unlearning accuracy"), ("IRA", "IRA", "in-domain retain accuracy"),
                ("CRA", "CRA", "cross-domain retain accuracy"), ("FID", "FID vs base", "FID vs base model"))
 
@@ -131,8 +146,8 @@ def build_model_card(folder: str, repo_id: str, license: str | None = None, metr
         card_data, template_path=MODEL_CARD_TEMPLATE, package_version=__version__, repo_id=repo_id,
         model_name=repo_id.split("/")[-1], concept=record["concept"], method_title=METHOD_TITLES.get(method, method),
         base_model_id=base_id, base_model_link=f"https://huggingface.co/{base_id}" if _is_hub_id(base_id) else None,
-        base_revision=record["base_model"].get("revision"), prompts=record["prompts"], data=record["data"],
-        hp=record["hyperparameters"], mask_density=record["mask"]["density"],
+        base_revision=record["base_model"].get("revision"), prompts=record["prompts"], summary=record["summary"],
+        changes=describe_changes(record.get("changed", {})), example_prompt=_example_prompt(record),
         metrics=[{"name": label, "base": metrics["base"][key], "erased": metrics["erased"][key]}
                  for key, label, _ in METRIC_ROWS] if metrics else None,
         metrics_protocol=", ".join(f"{k} {v}" for k, v in metrics["protocol"].items()) + f" ({metrics['suite']} suite)"
@@ -141,6 +156,25 @@ def build_model_card(folder: str, repo_id: str, license: str | None = None, metr
     )
     check_card_yaml(card)
     return card
+
+
+def describe_changes(changed: dict) -> str:
+    """One sentence on which weights differ from the base model (from erasure.json's `changed`)."""
+    if not changed:
+        return "Which weights changed was not recorded."
+    moved = [f"{c['entries']:,} of {c['of']:,} {COMPONENT_NAMES[name]} weights ({c['entries'] / c['of']:.2%}) in "
+             f"{c['tensors']} tensors" for name, c in changed.items() if c["entries"]]
+    same = [COMPONENT_NAMES[name] for name, c in changed.items() if not c["entries"]]
+    return ("Changed: " + ("; ".join(moved) if moved else "nothing") + "."
+            + (f" The {' and '.join(same)} {'is' if len(same) == 1 else 'are'} bit-identical to the base model." if same else ""))
+
+
+def _example_prompt(record: dict) -> str:
+    prompts = record["prompts"]
+    for kind in ("retain", "preserve"):
+        if prompts.get(kind):
+            return prompts[kind][0]
+    return "a photo"
 
 
 def check_card_yaml(card: ModelCard) -> None:

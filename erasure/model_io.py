@@ -38,13 +38,12 @@ class BaseModel:
         with open(marker) as f:
             return json.load(f)["world"]
 
-    @property
-    def salun_defaults(self) -> dict:
-        """SalUn settings recommended for this model's world (empty for ordinary checkpoints)."""
+    def recommended(self, method: str, concept: str) -> dict:
+        """Settings of `method` recommended for this model's world (empty for ordinary checkpoints)."""
         if self.world == "shapes":
-            from evaluation.shapes import SALUN_DEFAULTS
+            from evaluation.shapes import recommended_settings
 
-            return SALUN_DEFAULTS
+            return recommended_settings(method, concept)
         return {}
 
 
@@ -175,3 +174,37 @@ class OutputFolder:
         if os.path.isdir(self.path):
             shutil.rmtree(self.path)
         os.rename(self.partial, self.path)
+
+
+@torch.no_grad()
+def changed_weights(pipeline, base_path: str) -> dict:
+    """Per component, how many weights differ from the base model's safetensors files.
+
+    Read tensor by tensor from disk, so it costs no second copy of the model in memory. `bytes`
+    counts the changed entries at their stored width: the size of a sparse diff of the edit.
+    """
+    from safetensors import safe_open
+
+    changes = {}
+    for component in ("unet", "text_encoder", "vae"):
+        folder = os.path.join(base_path, component)
+        # the default weights (model.safetensors, shards), not variants such as model.fp16.safetensors
+        files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors") and f.count(".") == 1) \
+            if os.path.isdir(folder) else []
+        if not files:
+            continue
+        state = getattr(pipeline, component).state_dict()
+        entries = total = tensors = size = 0
+        for file in files:
+            with safe_open(os.path.join(folder, file), framework="pt") as f:
+                for key in f.keys():
+                    if key not in state:
+                        continue
+                    new = state[key].detach().cpu()
+                    differs = int((new != f.get_tensor(key).to(new.dtype)).sum())
+                    total += new.numel()
+                    entries += differs
+                    tensors += differs > 0
+                    size += differs * new.element_size()
+        changes[component] = {"entries": entries, "of": total, "tensors": tensors, "bytes": size}
+    return changes

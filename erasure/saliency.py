@@ -34,19 +34,8 @@ def _count_at_least(bits: list[torch.Tensor], value: int) -> int:
     return sum(int((b >= value).sum()) for b in bits)
 
 
-def saliency_mask_from_scores(scores: dict[str, torch.Tensor], mask_ratio: float) -> dict[str, torch.Tensor]:
-    """Boolean masks keeping exactly round(mask_ratio · N) of the N scored entries, the largest.
-
-    Ties at the threshold are broken in parameter order, so the density is exact even when many
-    scores are equal (for example all-zero gradients of unused parameters).
-    """
-    if not 0 < mask_ratio <= 1:
-        raise EraseError(f"mask ratio {mask_ratio} is outside (0, 1]: use e.g. 0.5 to keep the top half")
-    bits = {n: s.detach().float().abs().view(torch.int32) for n, s in scores.items()}
-    total = sum(b.numel() for b in bits.values())
-    keep = round(mask_ratio * total)
-    if keep >= total:
-        return {n: torch.ones_like(b, dtype=torch.bool) for n, b in bits.items()}
+def _threshold_bits(bits: dict[str, torch.Tensor], keep: int) -> int:
+    """The largest int32 bit pattern v with at least `keep` entries >= v (bisection over [0, +inf])."""
     low, high = 0, 0x7F800000  # 0.0 and +inf; invariant: at least `keep` entries are >= low
     while low < high:
         middle = (low + high + 1) // 2
@@ -54,6 +43,27 @@ def saliency_mask_from_scores(scores: dict[str, torch.Tensor], mask_ratio: float
             low = middle
         else:
             high = middle - 1
+    return low
+
+
+def _magnitude_bits(scores: dict[str, torch.Tensor], mask_ratio: float) -> tuple[dict[str, torch.Tensor], int, int]:
+    if not 0 < mask_ratio <= 1:
+        raise EraseError(f"mask ratio {mask_ratio} is outside (0, 1]: use e.g. 0.5 to keep the top half")
+    bits = {n: s.detach().float().abs().view(torch.int32) for n, s in scores.items()}
+    total = sum(b.numel() for b in bits.values())
+    return bits, total, round(mask_ratio * total)
+
+
+def saliency_mask_from_scores(scores: dict[str, torch.Tensor], mask_ratio: float) -> dict[str, torch.Tensor]:
+    """Boolean masks keeping exactly round(mask_ratio · N) of the N scored entries, the largest.
+
+    Ties at the threshold are broken in parameter order, so the density is exact even when many
+    scores are equal (for example all-zero gradients of unused parameters).
+    """
+    bits, total, keep = _magnitude_bits(scores, mask_ratio)
+    if keep >= total:
+        return {n: torch.ones_like(b, dtype=torch.bool) for n, b in bits.items()}
+    low = _threshold_bits(bits, keep)
     masks = {n: b > low for n, b in bits.items()}
     missing = keep - sum(int(m.sum()) for m in masks.values())
     for name, b in bits.items():
@@ -65,17 +75,30 @@ def saliency_mask_from_scores(scores: dict[str, torch.Tensor], mask_ratio: float
     return masks
 
 
+def soft_saliency_mask_from_scores(scores: dict[str, torch.Tensor], mask_ratio: float) -> dict[str, torch.Tensor]:
+    """Float masks min(1, |g| / τ), τ the hard mask's threshold: the top `mask_ratio` entries get
+    weight 1 as in the hard mask, every other entry the share of τ its saliency reaches (0 only
+    where the gradient is exactly 0). Nothing is strictly frozen: what the hard mask's sparsity buys."""
+    bits, total, keep = _magnitude_bits(scores, mask_ratio)
+    tau = torch.tensor(_threshold_bits(bits, keep), dtype=torch.int32).view(torch.float32)
+    if tau == 0:  # more than the kept share has zero gradient: every non-zero entry is above τ
+        return {n: (b > 0).float() for n, b in bits.items()}
+    return {n: (b.view(torch.float32) / tau).clamp_(max=1.0) for n, b in bits.items()}
+
+
 def full_mask(parameter_names_and_shapes, scope_masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """One bool tensor per UNet parameter: the scope's masks, and all-False outside the scope."""
-    return {name: scope_masks[name].cpu() if name in scope_masks else torch.zeros(shape, dtype=torch.bool)
+    """One tensor per UNet parameter: the scope's masks, and zeros (False) outside the scope."""
+    dtype = next(iter(scope_masks.values())).dtype
+    return {name: scope_masks[name].cpu() if name in scope_masks else torch.zeros(shape, dtype=dtype)
             for name, shape in parameter_names_and_shapes}
 
 
-def mask_densities(mask: dict[str, torch.Tensor]) -> tuple[float, dict[str, float]]:
-    """Overall share of True entries, and the share per parameter."""
+def mask_densities(mask: dict[str, torch.Tensor]) -> tuple[float, float, dict[str, float]]:
+    """Share of entries that may change (non-zero), the mean mask weight, and the share per parameter."""
     total = sum(m.numel() for m in mask.values())
-    kept = sum(int(m.sum()) for m in mask.values())
-    return kept / total, {n: int(m.sum()) / m.numel() for n, m in mask.items()}
+    nonzero = sum(int(m.count_nonzero()) for m in mask.values())
+    weight = sum(float(m.float().sum()) for m in mask.values())
+    return nonzero / total, weight / total, {n: int(m.count_nonzero()) / m.numel() for n, m in mask.items()}
 
 
 def save_mask(mask: dict[str, torch.Tensor], path: str, **metadata) -> None:
@@ -85,4 +108,4 @@ def save_mask(mask: dict[str, torch.Tensor], path: str, **metadata) -> None:
 
 def load_mask(path: str) -> dict[str, torch.Tensor]:
     with safe_open(path, framework="pt") as f:
-        return {name: f.get_tensor(name).bool() for name in f.keys()}
+        return {name: f.get_tensor(name) for name in f.keys()}

@@ -100,3 +100,57 @@ class PhaseTimer:
     def report(self) -> dict:
         kind = "cuda_max_allocated" if self.device.type == "cuda" else "cpu_max_rss"
         return {"seconds": dict(self.seconds), "peak_memory": {"kind": kind, "bytes": dict(self.peak_memory_bytes)}}
+
+
+def fit(accelerator: Accelerator, model, optimizer, compute_loss, *, steps: int, gradient_accumulation_steps: int = 1,
+        resume_from_checkpoint: str | None = None, checkpoint_dir: str | None = None, checkpointing_steps: int = 0,
+        checkpoints_total_limit: int | None = None, before_step=None, after_step=None, step_callback=None,
+        show_progress: bool = True, description: str = "training") -> tuple[dict, int]:
+    """The optimisation loop every trained method shares; returns the last step's logs and the step it resumed from.
+
+    `compute_loss(step, micro)` returns (loss, logs) for one micro-batch; its randomness must depend
+    only on (step, micro) so that a resumed run repeats the uninterrupted one. `before_step()` runs
+    once the gradients are complete (e.g. to mask them), `after_step()` after the optimizer update.
+    """
+    from tqdm.auto import tqdm
+
+    from .errors import TrainingDiverged
+
+    start = 0
+    if resume_from_checkpoint and checkpoint_dir:
+        found = checkpoints(checkpoint_dir)[-1:] if resume_from_checkpoint == "latest" else [resume_from_checkpoint]
+        if found:
+            accelerator.load_state(found[0])
+            start = checkpoint_step(found[0])
+            accelerator.print(f"resuming from {found[0]} (step {start})")
+        else:
+            accelerator.print("no checkpoint to resume from: starting at step 0")
+    logs = {}
+    progress = tqdm(range(start, steps), initial=start, total=steps, desc=description,
+                    disable=not (show_progress and accelerator.is_main_process))
+    for step in progress:
+        for micro in range(gradient_accumulation_steps):
+            with accelerator.accumulate(model):
+                loss, logs = compute_loss(step, micro)
+                if not torch.isfinite(loss):
+                    where = (f"; the last checkpoint is in {checkpoint_dir}"
+                             if checkpoint_dir and checkpoints(checkpoint_dir) else "")
+                    raise TrainingDiverged(f"loss became {loss.item()} at step {step + 1}: lower --learning-rate "
+                                           f"or use --mixed-precision no{where}")
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and before_step:
+                    before_step()
+                optimizer.step()
+                if accelerator.sync_gradients and after_step:
+                    after_step()
+                optimizer.zero_grad(set_to_none=True)
+        progress.set_postfix(loss=f"{logs['loss']:.4f}")
+        accelerator.log(logs, step=step + 1)
+        if checkpoint_dir and checkpointing_steps and (step + 1) % checkpointing_steps == 0:
+            save_checkpoint(accelerator, checkpoint_dir, step + 1, checkpoints_total_limit)
+        if step_callback:
+            step_callback(step + 1, logs)
+    # Undo what prepare() added (the mixed-precision forward wrapper) so inference runs as before.
+    accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    accelerator.free_memory()
+    return logs, start

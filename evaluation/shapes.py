@@ -166,6 +166,44 @@ JUDGE_FILE = os.path.join(ASSETS, "shapes-judge.safetensors")
 # - data: 800 + 800 images as in the paper; 25 sampler steps keep the quality of 50 at half the time.
 SALUN_DEFAULTS = dict(scope="xattn", learning_rate=7e-4, misaligned_target="base", synthesis_steps=25,
                       synthesis_batch_size=64)
+ESD_DEFAULTS = dict(train_method="x", learning_rate=5e-4, sample_from="base", num_images=256, synthesis_steps=25,
+                    synthesis_batch_size=64, negative_guidance=1.0)
+
+
+def _replacement(concept: str) -> str:
+    """The next concept of the same kind: what an erased concept is steered to (circle -> square, red -> green)."""
+    if concept_kind(concept) == "object":
+        return OBJECTS[(OBJECTS.index(concept) + 1) % len(OBJECTS)]
+    return STYLES[(STYLES.index(canonical_style(concept)) + 1) % len(STYLES)]
+
+
+def _uce_concepts(concept: str) -> dict:
+    """UCE on this world: the text encoder is causal, so the hidden state at a word depends only on
+    the words before it. Editing at the concept's words in the captions ("a red" for red, "a red
+    circle" for circle) therefore edits exactly what the UNet attends to, guided to the same words
+    with the replacement concept; every other word position of the captions is preserved."""
+    replacement = _replacement(concept)
+    prefixes = {f"a {w}" for s in STYLES for w in style_words(s)} | {p.text for p in prompts()}
+    if concept_kind(concept) == "object":
+        erase = sorted(p.text for p in prompts() if p.object == concept)
+        guide = [text.replace(concept, replacement) for text in erase]
+    else:
+        style = canonical_style(concept)
+        erase = sorted(t for t in prefixes if canonical_style(t.split()[1]) == style)
+        guide = [" ".join(replacement if canonical_style(w) == style else w for w in t.split()) for t in erase]
+    return dict(erase_concepts=erase, guide_concepts=guide, preserve_concepts=sorted(prefixes - set(erase)))
+
+
+def recommended_settings(method: str, concept: str) -> dict:
+    """Settings of each method measured to work on the bundled model (see SALUN_DEFAULTS, ESD_DEFAULTS)."""
+    if method in ("salun", "salun-soft"):
+        return SALUN_DEFAULTS
+    if method == "esd":
+        return {**ESD_DEFAULTS, "forget_prompts": [p.text for p in prompts() if concept in (p.object, p.style)
+                                                   or canonical_style(concept) == p.style]}
+    if method == "uce":
+        return _uce_concepts(concept)
+    return {}
 
 
 def erase_prompts(concept: str) -> tuple[list[str], list[str], list[str]]:

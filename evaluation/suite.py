@@ -10,7 +10,7 @@ import torch
 from erasure.errors import EraseError
 from erasure.model_io import load_pipeline, resolve_model
 from erasure.training import library_versions
-from erasure.salun import SalUnConfig, run
+from erasure.methods import CONFIGS, erase
 
 from .generate import GenerationSettings, check_same_run, generate_images, process_state
 from .judge import load_judge
@@ -55,18 +55,20 @@ def format_table(metrics: dict) -> str:
     return "\n".join([f"{'metric':<16}{'base':>8}{'erased':>8}"] + [f"{l:<16}{b:>8.3f}{e:>8.3f}" for l, b, e in rows])
 
 
-def demo(output_dir: str = "shapes-demo", concept: str = "circle", overwrite: bool = False, show_progress: bool = True) -> dict:
-    """Erase `concept` from the bundled shapes model with SalUn's defaults, evaluate before and after."""
+def demo(output_dir: str = "shapes-demo", concept: str = "circle", overwrite: bool = False, show_progress: bool = True,
+         method: str = "salun") -> dict:
+    """Erase `concept` from the bundled shapes model with `method`'s defaults, evaluate before and after."""
 
     output_dir = os.path.abspath(output_dir)
     if os.path.exists(output_dir) and not overwrite:
         raise EraseError(f"{output_dir} already exists: choose another --output, or pass --overwrite to replace it")
     start = time.perf_counter()
     model_dir, report_dir = os.path.join(output_dir, f"shapes-erased-{concept}"), os.path.join(output_dir, "report")
-    run(SalUnConfig(model="shapes", concept=concept, output_dir=model_dir, overwrite=overwrite), show_progress=show_progress)
+    erase(CONFIGS[method](model="shapes", concept=concept, output_dir=model_dir, overwrite=overwrite),
+          show_progress=show_progress)
     metrics = evaluate_shapes(model_dir, concept, report_dir, overwrite=overwrite, show_progress=show_progress)
     seconds = time.perf_counter() - start
-    print(f"\nErased '{concept}' from the bundled shapes model with SalUn in {seconds:.0f} s.\n")
+    print(f"\nErased '{concept}' from the bundled shapes model with {method} in {seconds:.0f} s.\n")
     print(format_table(metrics))
     print(f"\nerased model: {model_dir}\nreport:       {os.path.join(report_dir, 'report.html')}\n"
           f"grids:        {os.path.join(report_dir, 'grid-base.png')}, {os.path.join(report_dir, 'grid-erased.png')}")

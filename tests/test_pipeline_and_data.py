@@ -19,7 +19,7 @@ def test_pipeline_erase_in_memory_then_save_as_stock(tiny_sd, tmp_path):
 
     pipe = StableDiffusionErasurePipeline.from_pretrained(str(tiny_sd))
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    mask = pipe.erase("nudity", num_images=8, synthesis_steps=2, steps=3, batch_size=4)
+    mask = pipe.erase("nudity", num_images=8, synthesis_steps=2, steps=3, batch_size=4).artifacts["saliency_mask"]
     after = pipe.unet.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert all(torch.equal(before[k][~mask[k]], after[k][~mask[k]]) for k in before)
@@ -96,5 +96,5 @@ def test_unset_settings_take_the_official_defaults_or_the_models_own(tiny_sd, er
 
     hp = json.loads((erased / "erasure.json").read_text())["hyperparameters"]
     assert (hp["scope"], hp["learning_rate"], hp["misaligned_target"], hp["synthesis_steps"]) == ("full", 1e-5, "current", 4)
-    assert BaseModel("shapes", MODEL_DIR).salun_defaults == SALUN_DEFAULTS
-    assert BaseModel(str(tiny_sd), str(tiny_sd)).salun_defaults == {}
+    assert BaseModel("shapes", MODEL_DIR).recommended("salun", "circle") == SALUN_DEFAULTS
+    assert BaseModel(str(tiny_sd), str(tiny_sd)).recommended("salun", "circle") == {}

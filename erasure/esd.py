@@ -1,0 +1,242 @@
+"""ESD: Erasing Concepts from Diffusion Models (Gandikota et al., ICCV 2023).
+
+The UNet is fine-tuned so that its prediction for the concept c becomes the frozen model's
+prediction pushed away from c by negative guidance:
+
+    L = MSE(ε_θ(z_t, t, c), ε*(z_t, t, ∅) − η·(ε*(z_t, t, c) − ε*(z_t, t, ∅)))
+
+z_t comes from a partial DDIM trajectory of c (guidance 3): each step draws a stop index of the
+50-step schedule and t is the timestep the latent is at. With `--erase-from Y` the model keeps
+drawing Y without the attribute c: z_t is sampled from Y, the model is queried with Y, and the
+target is ε*(Y) − η·(ε*(c) − ε*(∅)).
+
+Defaults follow the paper code (rohitgandikota/erasing, train-esd.py): Adam lr 1e-5, 1000
+steps at batch 1, η = 1, trajectories sampled by the model being trained (`sample_from current`).
+`sample_from base` samples with the frozen base model instead (as the authors' diffusers
+rewrite does); its trajectories do not change during training, so `num_images` of them are
+sampled once, cached, and every step draws a point from them: a step then costs one forward
+and backward pass instead of up to 50 sampling steps.
+"""
+
+import os
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from diffusers import DDIMScheduler
+from torch.func import functional_call
+
+from .data import cached_batches, cache_folder, default_cache_dir
+from .diffusion import check_prompt_lengths, encode_prompts, per_sample_mse, seeded_generator, stack_embeddings
+from .errors import EraseError
+from .job import Session, TrainingConfig, frozen_copy
+from .model_io import BaseModel
+from .training import fit
+
+TRAIN_METHODS = {
+    "u": "every layer but cross-attention, the time embedding and the output layers (global concepts such as nudity)",
+    "x": "cross-attention (attn2) only (styles, named people)",
+    "x-strict": "the cross-attention key and value projections (attn2 to_k, to_v) only",
+    "all": "every UNet parameter",
+}
+SAMPLE_FROM = ("current", "base")
+# u is the paper's choice for nudity and objects; styles and people want x
+OFFICIAL_DEFAULTS = dict(learning_rate=1e-5, negative_guidance=1.0, train_method="u", synthesis_steps=50,
+                         sample_from="current", num_images=64, synthesis_batch_size=8)
+
+
+def trains(name: str, train_method: str) -> bool:
+    """Whether ESD-`train_method` fine-tunes the UNet parameter `name` (diffusers names)."""
+    if train_method == "all":
+        return True
+    if train_method == "x":
+        return "attn2" in name
+    if train_method == "x-strict":
+        return "attn2.to_k" in name or "attn2.to_v" in name
+    if train_method == "u":  # the paper's "noxattn": CompVis time_embed and out. are diffusers' names below
+        return not ("attn2" in name or name.startswith(("time_embedding", "conv_norm_out", "conv_out")))
+    raise EraseError(f"unknown ESD train method {train_method!r}: choose one of {', '.join(TRAIN_METHODS)}")
+
+
+@dataclass
+class EsdConfig(TrainingConfig):
+    """ESD's settings; fields left None (or empty) take the base model's recommendation, else
+    OFFICIAL_DEFAULTS; the forget prompt defaults to the concept itself, as in the paper."""
+
+    method: ClassVar[str] = "esd"
+
+    steps: int = 1000
+    batch_size: int = 1
+    forget_prompts: list[str] = field(default_factory=list)  # the prompts of c; default: the concept itself
+    erase_from: str | None = None
+    negative_guidance: float | None = None
+    train_method: str | None = None
+    sample_from: str | None = None
+    num_images: int | None = None  # trajectories sampled up front with `sample_from base`
+    synthesis_steps: int | None = None
+    synthesis_guidance_scale: float = 3.0
+    synthesis_batch_size: int | None = None
+    resolution: int | None = None
+
+    def check(self) -> None:
+        super().check()
+        if self.train_method is not None and self.train_method not in TRAIN_METHODS:
+            raise EraseError(f"unknown ESD train method {self.train_method!r}: choose one of {', '.join(TRAIN_METHODS)}")
+        if self.sample_from is not None and self.sample_from not in SAMPLE_FROM:
+            raise EraseError(f"unknown --sample-from {self.sample_from!r}: choose current or base")
+        if self.erase_from is not None and not self.erase_from.strip():
+            raise EraseError("--erase-from is empty: name what should stay (e.g. 'a car' when erasing 'red'), or leave it out")
+        if not all(p.strip() for p in self.forget_prompts):
+            raise EraseError("--forget-prompt is empty: give the prompt text, or leave the flag out for the concept itself")
+        self.require_positive("num_images", "synthesis_steps", "synthesis_batch_size", "resolution")
+
+    def with_defaults(self, base: BaseModel) -> "EsdConfig":
+        return self.fill(base.recommended(self.method, self.concept), OFFICIAL_DEFAULTS,
+                         {"forget_prompts": [self.concept.strip()]})
+
+    def check_with_pipeline(self, pipeline) -> None:
+        check_prompt_lengths(pipeline.tokenizer, self.forget_prompts + [self.erase_from or ""], "ESD prompt")
+
+
+@torch.no_grad()
+def ddim_trajectory(predict, scheduler, latents, cond, uncond, guidance_scale: float, stop: int, keep_all: bool = False):
+    """Run `stop` guided DDIM steps from `latents`; the latent reached (or all latents before each step)."""
+    visited = []
+    for t in scheduler.timesteps[:stop]:
+        visited.append(latents)
+        batch = latents.shape[0]
+        timesteps = t.repeat(2 * batch).to(latents.device)
+        conditional, unconditional = predict(torch.cat([latents, latents]), timesteps, torch.cat([cond, uncond])).chunk(2)
+        guided = unconditional + guidance_scale * (conditional - unconditional)
+        latents = scheduler.step(guided.float(), t, latents).prev_sample
+    return torch.stack(visited, 1) if keep_all else latents
+
+
+def _base_trajectories(pipeline, config: EsdConfig, scheduler, embeddings, latent_shape, session: Session) -> torch.Tensor:
+    """`num_images` full trajectories of the frozen base model, (N, steps, C, h, w), cached on disk."""
+    prompt = config.erase_from or config.forget_prompts
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    key = dict(model=session.model_key, prompts=prompts, num_images=config.num_images, seed=config.seed,
+               steps=config.synthesis_steps, guidance_scale=config.synthesis_guidance_scale, shape=list(latent_shape),
+               batch_size=config.synthesis_batch_size)
+    folder = cache_folder(config.cache_dir or default_cache_dir(), "esd-trajectories", key)
+    device = session.accelerator.device
+    captions = [prompts[i % len(prompts)] for i in range(config.num_images)]
+    batches = [list(range(i, min(i + config.synthesis_batch_size, config.num_images)))
+               for i in range(0, config.num_images, config.synthesis_batch_size)]
+
+    def sample(index, batch):
+        noise = torch.stack([torch.randn(latent_shape, generator=seeded_generator(config.seed, "esd-trajectory", i))
+                             for i in batch]).to(device)
+        cond = stack_embeddings(embeddings, [captions[i] for i in batch])
+        with session.accelerator.autocast():
+            return ddim_trajectory(lambda *a: pipeline.unet(*a).sample, scheduler, noise * scheduler.init_noise_sigma,
+                                   cond, embeddings[""].expand_as(cond), config.synthesis_guidance_scale,
+                                   config.synthesis_steps, keep_all=True)
+
+    with session.accelerator.main_process_first():
+        return cached_batches(folder, batches, sample, "sampling base trajectories", session.show_progress), captions
+
+
+def erase_pipeline(pipeline, config: EsdConfig, session: Session) -> tuple[dict, dict]:
+    accelerator, timer = session.accelerator, session.timer
+    device = accelerator.device
+    unet = pipeline.unet
+    pipeline.to(device)
+    resolution = config.resolution or unet.config.sample_size * pipeline.vae_scale_factor
+    latent_shape = (unet.config.in_channels, resolution // pipeline.vae_scale_factor, resolution // pipeline.vae_scale_factor)
+    scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
+    scheduler.set_timesteps(config.synthesis_steps, device=device)
+    source = config.erase_from  # with --erase-from, latents and the trained prediction are of Y
+    embeddings = encode_prompts(pipeline, config.forget_prompts + [source or "", ""], device)
+    with timer.phase("data"):
+        pool, pool_prompts = (_base_trajectories(pipeline, config, scheduler, embeddings, latent_shape, session)
+                              if config.sample_from == "base" else (None, None))
+    pipeline.text_encoder.to("cpu")  # frozen and no longer needed: keep accelerator memory for training
+    pipeline.vae.to("cpu")
+
+    trainable = [n for n, _ in unet.named_parameters() if trains(n, config.train_method)]
+    base_values = frozen_copy(unet, trainable)  # θ*: the trained tensors' base values; the rest is shared
+    for name, param in unet.named_parameters():
+        param.requires_grad_(name in trainable)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    parameters = dict(unet.named_parameters())
+    optimizer = torch.optim.Adam([parameters[n] for n in trainable], lr=config.learning_rate)
+    model, optimizer = accelerator.prepare(unet, optimizer)
+    eta = config.negative_guidance
+    per_process = config.batch_size
+    global_batch = per_process * accelerator.num_processes
+    rows = range(accelerator.process_index * per_process, (accelerator.process_index + 1) * per_process)
+
+    def frozen(*inputs):
+        return functional_call(accelerator.unwrap_model(model), base_values, inputs).sample
+
+    def point(draw: int, j: int):
+        """The j-th latent of this step's global batch, its timestep, the concept prompt and Y (or c)."""
+        g = seeded_generator(config.seed, "esd", draw, j)
+        stop = int(torch.randint(0, config.synthesis_steps, (1,), generator=g))
+        if pool is not None:
+            k = int(torch.randint(0, len(pool), (1,), generator=g))
+            concept = config.forget_prompts[k % len(config.forget_prompts)]
+            return pool[k, stop].to(device), scheduler.timesteps[stop], concept, source or pool_prompts[k]
+        concept = config.forget_prompts[int(torch.randint(0, len(config.forget_prompts), (1,), generator=g))]
+        start = torch.randn(latent_shape, generator=g).to(device)[None] * scheduler.init_noise_sigma
+        cond = embeddings[source or concept][None]
+        with accelerator.autocast():  # the paper samples with the model being trained
+            z = ddim_trajectory(lambda *a: accelerator.unwrap_model(model)(*a).sample, scheduler, start, cond,
+                                embeddings[""][None], config.synthesis_guidance_scale, stop)
+        return z[0], scheduler.timesteps[stop], concept, source or concept
+
+    def compute_loss(step, micro):
+        draw = step * config.gradient_accumulation_steps + micro
+        points = [point(draw, j) for j in rows]
+        z = torch.stack([p[0] for p in points])
+        t = torch.stack([p[1] for p in points]).to(device)
+        concept = stack_embeddings(embeddings, [p[2] for p in points])
+        trained_prompt = stack_embeddings(embeddings, [p[3] for p in points])
+        empty = embeddings[""].expand_as(concept)
+        conditions = [empty, concept] + ([trained_prompt] if source else [])  # Y's prediction only with --erase-from
+        with accelerator.autocast():
+            with torch.no_grad():
+                frozen_predictions = frozen(torch.cat([z] * len(conditions)), torch.cat([t] * len(conditions)),
+                                            torch.cat(conditions)).float().chunk(len(conditions))
+                e_empty, e_concept = frozen_predictions[:2]
+                e_source = frozen_predictions[2] if source else e_concept
+                target = e_source - eta * (e_concept - e_empty)
+            prediction = model(z, t, trained_prompt).sample
+        loss = per_sample_mse(prediction, target).mean()
+        return loss, {"loss": loss.item()}
+
+    with timer.phase("training"):
+        logs, resumed_from = fit(
+            accelerator, model, optimizer, compute_loss, steps=config.steps,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            resume_from_checkpoint=config.resume_from_checkpoint, checkpoint_dir=session.work_dir,
+            checkpointing_steps=config.checkpointing_steps, checkpoints_total_limit=config.checkpoints_total_limit,
+            step_callback=session.step_callback, show_progress=session.show_progress, description="ESD")
+    unet.eval()
+    for param in unet.parameters():
+        param.requires_grad_(False)
+    pipeline.to(device)
+    share = sum(parameters[n].numel() for n in trainable) / sum(p.numel() for p in parameters.values())
+    sampling = (f"{config.num_images} trajectories of the frozen base model, sampled once" if pool is not None
+                else "trajectories of the model being trained, sampled every step")
+    record = {
+        "prompts": {"forget": config.forget_prompts, **({"erase_from": [source]} if source else {})},
+        "steps": config.steps,
+        "resumed_from_step": resumed_from,
+        "final_losses": logs,
+        "trained_parameters": {"train_method": config.train_method, "tensors": len(trainable), "share": share},
+        "summary": [
+            ["trained parameters", f"ESD-{config.train_method}: {TRAIN_METHODS[config.train_method]}; "
+                                   f"{len(trainable)} tensors, {share:.1%} of the UNet weights"],
+            ["objective", f"negative guidance η = {eta}" + (f", erasing it from '{source}'" if source else "")
+                          + f"; latents from partial DDIM trajectories ({config.synthesis_steps} steps, guidance "
+                          f"{config.synthesis_guidance_scale}): {sampling}"],
+            ["training", f"{config.steps} Adam steps, batch {config.batch_size}, learning rate {config.learning_rate}, "
+                         f"mixed precision {config.mixed_precision}, seed {config.seed}"],
+        ],
+    }
+    return record, {}
