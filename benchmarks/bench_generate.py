@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 
 import torch
 
-from benchmarks.bench_salun import RESULTS, device_name
+from benchmarks.bench_erase import RESULTS, device_name
 
 
 def main(argv=None) -> dict:

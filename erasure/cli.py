@@ -100,6 +100,9 @@ def add_erase_arguments(p: argparse.ArgumentParser) -> None:
     uce.add_argument("--preserve-concept", action="append", dest="preserve_concepts", metavar="TEXT", help="concept whose keys and values must not change (repeatable)")
     uce.add_argument("--erase-scale", type=float, help="weight of the erase terms (default: 1)")
     uce.add_argument("--preserve-scale", type=float, help="weight of the preserve terms (default: 1)")
+    uce.add_argument("--edit-tokens", choices=("last-word", "to-end"),
+                     help="text positions whose keys/values are edited: the last word token (current official code, default) "
+                     "or it and all after it (paper-era code; needed where the end tokens carry the concept)")
     uce.add_argument("--regularization", type=float, help="lambda, pull toward the old weights (default: 0.5; 0 can make the solve singular)")
     run = p.add_argument_group("run control (salun, salun-soft, esd)")
     run.add_argument("--checkpointing-steps", type=int, help="save a resumable checkpoint every K steps (default: 0, off)")

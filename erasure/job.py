@@ -182,7 +182,12 @@ def run(method, config: EraseConfig, step_callback=None, show_progress=True) -> 
         accelerator.init_trackers("sd-erase", config={k: str(v) for k, v in config.settings().items()})
     session = Session(accelerator, PhaseTimer(accelerator.device), weights_fingerprint(pipeline), output.partial,
                       step_callback, show_progress)
-    method_record, artifacts = method.erase_pipeline(pipeline, config, session)
+    try:
+        method_record, artifacts = method.erase_pipeline(pipeline, config, session)
+    except EraseError:  # bad input found late (e.g. a singular UCE system): leave no half-written output
+        if accelerator.is_main_process and resume is None:
+            shutil.rmtree(output.partial, ignore_errors=True)
+        raise
     accelerator.wait_for_everyone()
     record = None
     if accelerator.is_main_process:

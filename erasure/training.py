@@ -75,6 +75,16 @@ def library_versions() -> dict:
             "python": platform.python_version()}
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory. Linux's VmHWM belongs to the process's own memory map;
+    ru_maxrss also carries the parent's peak from before exec (a subprocess of a big process reports the parent's)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 class PhaseTimer:
     """Seconds and peak memory per phase (CUDA: peak allocated in the phase; CPU: peak RSS so far)."""
 
@@ -94,7 +104,7 @@ class PhaseTimer:
             torch.cuda.synchronize(self.device)
             self.peak_memory_bytes[name] = torch.cuda.max_memory_allocated(self.device)
         else:
-            self.peak_memory_bytes[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            self.peak_memory_bytes[name] = peak_rss_bytes()
         self.seconds[name] = round(time.perf_counter() - start, 3)
 
     def report(self) -> dict:

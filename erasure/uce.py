@@ -7,7 +7,10 @@ minimiser of
 
 so the erased concept's keys and values become its guide's, preserved concepts keep theirs, and
 λ keeps the rest of W close. c is the text encoder's output at a concept's last word token (the
-authors' current code). The solution is W_new = W_old·M·B⁻¹ with B = λI + Σ_e s_e c_e c_eᵀ +
+authors' current code; `edit_tokens last-word`), or at every position from there to the end,
+padding included (their paper-era code; `to-end`, paired position by position with the guide's):
+the end positions matter because the UNet attends to them too, and a causal text encoder
+writes the whole prompt into them. The solution is W_new = W_old·M·B⁻¹ with B = λI + Σ_e s_e c_e c_eᵀ +
 Σ_p s_p c_p c_pᵀ and M = λI + Σ_e s_e c_g c_eᵀ + Σ_p s_p c_p c_pᵀ: both are the same for every
 layer, so one D×D solve (float64, D = 768 for SD 1.x) serves all 32 projections.
 Defaults follow the official code: λ = 0.5, scales 1, guide '' (the empty prompt), no preserve set.
@@ -23,7 +26,8 @@ from .errors import EraseError
 from .job import EraseConfig, Session
 from .model_io import BaseModel
 
-OFFICIAL_DEFAULTS = dict(guide_concepts=[""])
+OFFICIAL_DEFAULTS = dict(guide_concepts=[""], edit_tokens="last-word")
+EDIT_TOKENS = ("last-word", "to-end")
 
 
 def edited(name: str) -> bool:
@@ -44,6 +48,7 @@ class UceConfig(EraseConfig):
     erase_scale: float = 1.0
     preserve_scale: float = 1.0
     regularization: float = 0.5  # λ
+    edit_tokens: str | None = None
 
     def check(self) -> None:
         super().check()
@@ -56,6 +61,8 @@ class UceConfig(EraseConfig):
         if self.erase_concepts and len(self.guide_concepts) not in (0, 1, len(self.erase_concepts)):
             raise EraseError(f"{len(self.guide_concepts)} guide concepts for {len(self.erase_concepts)} erase concepts: "
                              "give one guide for all, or one per erase concept in the same order")
+        if self.edit_tokens is not None and self.edit_tokens not in EDIT_TOKENS:
+            raise EraseError(f"unknown --edit-tokens {self.edit_tokens!r}: choose last-word or to-end")
         both = sorted(set(self.erase_concepts) & set(self.preserve_concepts))
         if both:
             raise EraseError(f"{both[0]!r} is both erased and preserved: remove it from --preserve-concept")
@@ -73,29 +80,31 @@ class UceConfig(EraseConfig):
 
 
 @torch.no_grad()
-def last_token_embeddings(pipeline, texts: list[str], device) -> dict[str, torch.Tensor]:
-    """Text-encoder output at each text's last word token (the start token for '')."""
+def concept_embeddings(pipeline, texts: list[str], device, to_end: bool) -> dict[str, torch.Tensor]:
+    """Text-encoder outputs (n, D) of each text: at its last word token (the start token for ''),
+    or from there to the last position."""
     unique = list(dict.fromkeys(texts))
     tokens = pipeline.tokenizer(unique, padding="max_length", max_length=pipeline.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
     hidden = pipeline.text_encoder.to(device)(tokens.input_ids.to(device))[0].double().cpu()
     last = tokens.attention_mask.sum(1) - 2  # the real tokens minus the end token, 0-based
-    return {text: hidden[i, last[i]] for i, text in enumerate(unique)}
+    return {text: hidden[i, last[i]:] if to_end else hidden[i, last[i]][None] for i, text in enumerate(unique)}
 
 
 def edit_matrix(config: UceConfig, embeddings: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float]:
     """K = M·B⁻¹ (float64), so that every edited W becomes W·K; and the condition number of B."""
-    dim = next(iter(embeddings.values())).numel()
+    dim = next(iter(embeddings.values())).shape[1]
     B = config.regularization * torch.eye(dim, dtype=torch.float64)
     M = B.clone()
     for erase, guide in zip(config.erase_concepts, config.guide_concepts):
-        c, g = embeddings[erase], embeddings[guide]
-        B += config.erase_scale * torch.outer(c, c)
-        M += config.erase_scale * torch.outer(g, c)
+        n = min(len(embeddings[erase]), len(embeddings[guide]))  # position by position from the last word
+        C, G = embeddings[erase][:n], embeddings[guide][:n]
+        B += config.erase_scale * C.T @ C
+        M += config.erase_scale * G.T @ C
     for preserve in config.preserve_concepts:
-        c = embeddings[preserve]
-        B += config.preserve_scale * torch.outer(c, c)
-        M += config.preserve_scale * torch.outer(c, c)
+        C = embeddings[preserve]
+        B += config.preserve_scale * C.T @ C
+        M += config.preserve_scale * C.T @ C
     eigenvalues = torch.linalg.eigvalsh(B)
     condition = float(eigenvalues[-1] / eigenvalues[0]) if eigenvalues[0] > 0 else float("inf")
     if condition > 1e10:
@@ -109,8 +118,8 @@ def edit_matrix(config: UceConfig, embeddings: dict[str, torch.Tensor]) -> tuple
 def erase_pipeline(pipeline, config: UceConfig, session: Session) -> tuple[dict, dict]:
     device = session.accelerator.device
     with session.timer.phase("edit"):
-        embeddings = last_token_embeddings(
-            pipeline, config.erase_concepts + config.guide_concepts + config.preserve_concepts, device)
+        embeddings = concept_embeddings(pipeline, config.erase_concepts + config.guide_concepts + config.preserve_concepts,
+                                        device, to_end=config.edit_tokens == "to-end")
         K, condition = edit_matrix(config, embeddings)
         names = [n for n, _ in pipeline.unet.named_parameters() if edited(n)]
         parameters = dict(pipeline.unet.named_parameters())
@@ -129,7 +138,8 @@ def erase_pipeline(pipeline, config: UceConfig, session: Session) -> tuple[dict,
                          + (f" ({'; '.join(config.preserve_concepts[:10])}{'…' if len(config.preserve_concepts) > 10 else ''})"
                             if config.preserve_concepts else "")],
             ["settings", f"λ = {config.regularization}, erase scale {config.erase_scale}, preserve scale "
-                         f"{config.preserve_scale}; concept embeddings at the last word token"],
+                         f"{config.preserve_scale}; concept embeddings at "
+                         + ("the last word token" if config.edit_tokens == "last-word" else "every position from the last word token on")],
         ],
     }
     return record, {}

@@ -166,8 +166,14 @@ JUDGE_FILE = os.path.join(ASSETS, "shapes-judge.safetensors")
 # - data: 800 + 800 images as in the paper; 25 sampler steps keep the quality of 50 at half the time.
 SALUN_DEFAULTS = dict(scope="xattn", learning_rate=7e-4, misaligned_target="base", synthesis_steps=25,
                       synthesis_batch_size=64)
-ESD_DEFAULTS = dict(train_method="x", learning_rate=5e-4, sample_from="base", num_images=256, synthesis_steps=25,
-                    synthesis_batch_size=64, negative_guidance=1.0)
+# ESD's paper settings (η 1, lr 1e-5) leave the model unchanged too. Measured for circle with the
+# forget captions as prompts, ESD-x, 1000 steps from 256 cached base trajectories:
+# η 1: lr 1e-4 UA 0.01, lr 5e-4 UA 0.17 but CRA 0.54 (colour lost everywhere: the captions'
+# colour words are negated along with the object); η 2, lr 1e-4: UA 0.68, IRA 0.98, CRA 0.96;
+# η 4: UA 1.00, IRA 0.93, CRA 0.94 but FID 349 (vs 216); 2000 steps: CRA 0.41. The prompt
+# "circle" alone (the paper's way) erased nothing: this text encoder never saw a bare object word.
+ESD_DEFAULTS = dict(train_method="x", learning_rate=1e-4, negative_guidance=2.0, sample_from="base", num_images=256,
+                    synthesis_steps=25, synthesis_batch_size=64)
 
 
 def _replacement(concept: str) -> str:
@@ -180,8 +186,10 @@ def _replacement(concept: str) -> str:
 def _uce_concepts(concept: str) -> dict:
     """UCE on this world: the text encoder is causal, so the hidden state at a word depends only on
     the words before it. Editing at the concept's words in the captions ("a red" for red, "a red
-    circle" for circle) therefore edits exactly what the UNet attends to, guided to the same words
-    with the replacement concept; every other word position of the captions is preserved."""
+    circle" for circle) and every position after them (`to-end`: the end and padding tokens carry
+    the whole caption, and the UNet reads them; the last word alone left circle UA at 0.00) edits
+    what the UNet attends to, guided to the same captions with the replacement concept; every
+    other caption and colour prefix is preserved."""
     replacement = _replacement(concept)
     prefixes = {f"a {w}" for s in STYLES for w in style_words(s)} | {p.text for p in prompts()}
     if concept_kind(concept) == "object":
@@ -191,7 +199,8 @@ def _uce_concepts(concept: str) -> dict:
         style = canonical_style(concept)
         erase = sorted(t for t in prefixes if canonical_style(t.split()[1]) == style)
         guide = [" ".join(replacement if canonical_style(w) == style else w for w in t.split()) for t in erase]
-    return dict(erase_concepts=erase, guide_concepts=guide, preserve_concepts=sorted(prefixes - set(erase)))
+    return dict(erase_concepts=erase, guide_concepts=guide, preserve_concepts=sorted(prefixes - set(erase)),
+                edit_tokens="to-end")
 
 
 def recommended_settings(method: str, concept: str) -> dict:
@@ -199,8 +208,7 @@ def recommended_settings(method: str, concept: str) -> dict:
     if method in ("salun", "salun-soft"):
         return SALUN_DEFAULTS
     if method == "esd":
-        return {**ESD_DEFAULTS, "forget_prompts": [p.text for p in prompts() if concept in (p.object, p.style)
-                                                   or canonical_style(concept) == p.style]}
+        return {**ESD_DEFAULTS, "forget_prompts": erase_prompts(concept)[0]}
     if method == "uce":
         return _uce_concepts(concept)
     return {}

@@ -1,10 +1,15 @@
-"""SalUn end to end on a random-weight pipeline: seconds and peak memory per phase.
+"""An erasure method end to end on a random-weight pipeline: seconds and peak memory per phase.
 
-    python -m benchmarks.bench_salun --size tiny                  # CPU, seconds
-    python -m benchmarks.bench_salun --size sd15 --mixed-precision bf16 --num-images 256 --synthesis-steps 20 --record
+    python -m benchmarks.bench_erase --size tiny                  # SalUn on a CPU, seconds
+    python -m benchmarks.bench_erase --size tiny --method esd --steps 50
+    python -m benchmarks.bench_erase --size sd15 --mixed-precision bf16 --num-images 256 --synthesis-steps 20 --record
+    python -m benchmarks.bench_erase --size sd15 --method esd --mixed-precision bf16 --steps 50 --record
+    python -m benchmarks.bench_erase --size sd15 --method uce --record
 
 It runs the real code path (`erasure.erase`) with a fresh data cache, so synthesis is measured,
 and prints one JSON object; `--record` also appends it to benchmarks/results.jsonl.
+SalUn erases "nudity" with its default prompts; ESD erases "nudity" (ESD-u, trajectories of
+the model being trained unless --sample-from base); UCE erases "nudity" guided to ''.
 """
 
 import argparse
@@ -31,39 +36,51 @@ def device_name() -> str:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=("tiny", "sd15"), default="tiny")
+    parser.add_argument("--method", choices=("salun", "salun-soft", "esd", "uce"), default="salun")
+    parser.add_argument("--sample-from", choices=("current", "base"), default="current", help="esd only")
     parser.add_argument("--num-images", type=int, default=32, help="forget and retain images each")
     parser.add_argument("--synthesis-steps", type=int, default=20)
     parser.add_argument("--synthesis-batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, help="default: 100 (salun), 1000 (esd)")
+    parser.add_argument("--batch-size", type=int, help="default: 8 (salun), 1 (esd)")
     parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--record", action="store_true", help=f"append the result to {os.path.relpath(RESULTS)}")
     args = parser.parse_args(argv)
 
-    from erasure import SalUnConfig, erase
+    from erasure import erase
+    from erasure.methods import CONFIGS
     from erasure.model_io import save_stock_pipeline
     from pipelines import build_random_pipeline
 
     with tempfile.TemporaryDirectory() as work:
         base = os.path.join(work, "base")
         save_stock_pipeline(build_random_pipeline(args.size, tokenizer_dir=os.path.join(base, "tokenizer")), base)
-        config = SalUnConfig(
-            model=base, concept="nudity", output_dir=os.path.join(work, "erased"), cache_dir=os.path.join(work, "cache"),
-            num_images=args.num_images, synthesis_steps=args.synthesis_steps,
-            synthesis_batch_size=args.synthesis_batch_size, steps=args.steps, batch_size=args.batch_size,
-            mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing)
+        common = dict(model=base, concept="nudity", output_dir=os.path.join(work, "erased"),
+                      cache_dir=os.path.join(work, "cache"), mixed_precision=args.mixed_precision)
+        training = {k: getattr(args, k) for k in ("steps", "batch_size") if getattr(args, k) is not None}
+        training["gradient_checkpointing"] = args.gradient_checkpointing
+        synthesis = dict(num_images=args.num_images, synthesis_steps=args.synthesis_steps,
+                         synthesis_batch_size=args.synthesis_batch_size)
+        method_settings = {"salun": {**training, **synthesis}, "salun-soft": {**training, **synthesis},
+                           "esd": {**training, **synthesis, "sample_from": args.sample_from}, "uce": {}}
+        config = CONFIGS[args.method](**common, **method_settings[args.method])
         record = erase(config, show_progress=False).record
     seconds = record["seconds"]
+    steps = record.get("steps")
+    trained = next((phase for phase in ("unlearning", "training") if phase in seconds), None)
     result = {
-        "benchmark": "salun",
+        "benchmark": args.method,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device_name(),
         "settings": vars(args) | {"record": None},
         "seconds": seconds,
         "total_seconds": round(sum(seconds.values()), 3),
-        "synthesis_images_per_s": round(2 * args.num_images / seconds["data"], 2),
-        "unlearning_steps_per_s": round(args.steps / seconds["unlearning"], 2),
+        "settings_used": {k: v for k, v in record["hyperparameters"].items() if not isinstance(v, list)},
+        **({"synthesis_images_per_s": round(2 * args.num_images / seconds["data"], 2)}
+           if args.method.startswith("salun") else {}),
+        **({"steps_per_s": round(steps / seconds[trained], 2), "seconds_per_step": round(seconds[trained] / steps, 4)}
+           if trained else {}),
         "peak_memory_gib": {k: round(v / 2**30, 3) for k, v in record["peak_memory"]["bytes"].items()},
         "peak_memory_kind": record["peak_memory"]["kind"],
         "versions": record["versions"],

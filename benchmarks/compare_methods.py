@@ -1,0 +1,96 @@
+"""Every erasure method on the bundled shapes-world model, for an object ("circle") and a style ("red").
+
+    python -m benchmarks.compare_methods                      # all methods, both concepts (CPU: ~15 min)
+    python -m benchmarks.compare_methods --methods uce --concepts circle --record
+
+Each erase runs as `sd-erase erase --model shapes --method M --concept C` in its own process with
+an empty data cache (so its seconds include synthesis and its peak memory is its own), with the
+settings the shapes model recommends for the method. Each result is evaluated with the shapes
+protocol (UA, IRA, CRA, FID on the judge's features, base model alongside). Prints a Markdown
+table; `--record` appends every row to benchmarks/results.jsonl.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+
+from benchmarks.bench_erase import RESULTS, device_name
+
+METHODS = ("salun", "salun-soft", "esd", "uce")
+CONCEPTS = ("circle", "red")
+
+
+def erase_in_subprocess(method: str, concept: str, work: str, extra: list[str]) -> tuple[dict, float]:
+    output = os.path.join(work, f"{method}-{concept}")
+    env = {**os.environ, "SD_ERASURE_CACHE": os.path.join(work, f"cache-{method}-{concept}")}
+    command = [sys.executable, "-m", "erasure.cli", "erase", "--model", "shapes", "--method", method,
+               "--concept", concept, "--output", output, *extra]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    with open(os.path.join(output, "erasure.json")) as f:
+        return json.load(f), wall
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| concept | method | UA ↑ | IRA ↑ | CRA ↑ | FID ↓ | seconds | peak RSS GiB | weights changed | bytes changed |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for base in {r["concept"]: r for r in rows}.values():
+        lines.append(f"| {base['concept']} | (base model) | {base['base']['UA']:.3f} | {base['base']['IRA']:.3f} | "
+                     f"{base['base']['CRA']:.3f} | – | – | – | – | – |")
+    for r in rows:
+        e = r["erased"]
+        lines.append(f"| {r['concept']} | {r['method']} | {e['UA']:.3f} | {e['IRA']:.3f} | {e['CRA']:.3f} | "
+                     f"{e['FID']:.1f} | {r['erase_seconds']:.0f} | {r['peak_memory_gib']:.2f} | "
+                     f"{r['changed_share']:.2%} | {r['bytes_changed']:,} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--concepts", nargs="+", default=list(CONCEPTS))
+    parser.add_argument("--erase-args", default="", help="extra `sd-erase erase` flags for every run, e.g. '--steps 50'")
+    parser.add_argument("--record", action="store_true", help=f"append the rows to {os.path.relpath(RESULTS)}")
+    args = parser.parse_args(argv)
+
+    from evaluation.suite import evaluate_shapes
+
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        for concept in args.concepts:
+            for method in args.methods:
+                record, wall = erase_in_subprocess(method, concept, work, args.erase_args.split())
+                metrics = evaluate_shapes(os.path.join(work, f"{method}-{concept}"), concept,
+                                          os.path.join(work, f"report-{method}-{concept}"), show_progress=False)
+                changed = record["changed"]
+                row = {
+                    "benchmark": "compare_methods", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "device": device_name(), "method": method, "concept": concept,
+                    "settings": record["hyperparameters"], "erase_args": args.erase_args,
+                    "base": {k: metrics["base"][k] for k in ("UA", "IRA", "CRA")},
+                    "erased": {k: metrics["erased"][k] for k in ("UA", "IRA", "CRA", "FID", "KID_mean")},
+                    "erase_seconds": round(wall, 1), "phase_seconds": record["seconds"],
+                    "peak_memory_gib": round(max(record["peak_memory"]["bytes"].values()) / 2**30, 3),
+                    "peak_memory_kind": record["peak_memory"]["kind"],
+                    "changed_share": sum(c["entries"] for c in changed.values()) / sum(c["of"] for c in changed.values()),
+                    "bytes_changed": sum(c["bytes"] for c in changed.values()),
+                    "protocol": metrics["protocol"], "versions": record["versions"],
+                }
+                rows.append(row)
+                print(f"{concept:>8} {method:<10} UA {row['erased']['UA']:.3f} IRA {row['erased']['IRA']:.3f} "
+                      f"CRA {row['erased']['CRA']:.3f} FID {row['erased']['FID']:.1f} {wall:.0f} s", flush=True)
+    print(table(rows))
+    if args.record:
+        with open(RESULTS, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
