@@ -86,8 +86,13 @@ def main(argv=None) -> dict:
         "versions": record["versions"],
     }
     del result["settings"]["record"]
+    return publish(result, args.record)
+
+
+def publish(result: dict, record: bool) -> dict:
+    """Print a benchmark result; with `record`, append it to benchmarks/results.jsonl."""
     print(json.dumps(result, indent=1))
-    if args.record:
+    if record:
         with open(RESULTS, "a") as f:
             f.write(json.dumps(result) + "\n")
     return result

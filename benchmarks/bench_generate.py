@@ -9,7 +9,6 @@ harness at >= 95% of the bare loop's images/s.
 """
 
 import argparse
-import json
 import os
 
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # e.g. per-prompt truncation notices for long I2P prompts
@@ -20,7 +19,7 @@ from datetime import datetime, timezone
 
 import torch
 
-from benchmarks.bench_erase import RESULTS, device_name
+from benchmarks.bench_erase import device_name, publish
 
 
 def main(argv=None) -> dict:
@@ -71,11 +70,7 @@ def main(argv=None) -> dict:
     result = {"benchmark": "generate", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "device": device_name(), "settings": {k: v for k, v in vars(args).items() if k != "record"},
               "images_per_s": rates, "harness_vs_bare": round(rates["harness"] / rates["bare"], 3)}
-    print(json.dumps(result, indent=1))
-    if args.record:
-        with open(RESULTS, "a") as f:
-            f.write(json.dumps(result) + "\n")
-    return result
+    return publish(result, args.record)
 
 
 if __name__ == "__main__":

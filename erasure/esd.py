@@ -18,7 +18,6 @@ sampled once, cached, and every step draws a point from them: a step then costs 
 and backward pass instead of up to 50 sampling steps.
 """
 
-import os
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -166,8 +165,7 @@ def erase_pipeline(pipeline, config: EsdConfig, session: Session) -> tuple[dict,
     optimizer = torch.optim.Adam([parameters[n] for n in trainable], lr=config.learning_rate)
     model, optimizer = accelerator.prepare(unet, optimizer)
     eta = config.negative_guidance
-    per_process = config.batch_size
-    global_batch = per_process * accelerator.num_processes
+    per_process = config.batch_size  # every process draws the same global batch and takes its rows
     rows = range(accelerator.process_index * per_process, (accelerator.process_index + 1) * per_process)
 
     def frozen(*inputs):
