@@ -28,9 +28,9 @@ from torch.func import functional_call
 from .data import cached_batches, cache_folder, default_cache_dir
 from .diffusion import check_prompt_lengths, encode_prompts, per_sample_mse, seeded_generator, stack_embeddings
 from .errors import EraseError
-from .job import Session, TrainingConfig, frozen_copy
+from .job import Session, TrainingConfig
 from .model_io import BaseModel
-from .training import fit
+from .training import fit, frozen_copy
 
 TRAIN_METHODS = {
     "u": "every layer but cross-attention, the time embedding and the output layers (global concepts such as nudity)",
@@ -113,8 +113,7 @@ def ddim_trajectory(predict, scheduler, latents, cond, uncond, guidance_scale: f
 
 def _base_trajectories(pipeline, config: EsdConfig, scheduler, embeddings, latent_shape, session: Session) -> torch.Tensor:
     """`num_images` full trajectories of the frozen base model, (N, steps, C, h, w), cached on disk."""
-    prompt = config.erase_from or config.forget_prompts
-    prompts = [prompt] if isinstance(prompt, str) else prompt
+    prompts = [config.erase_from] if config.erase_from else config.forget_prompts
     key = dict(model=session.model_key, prompts=prompts, num_images=config.num_images, seed=config.seed,
                steps=config.synthesis_steps, guidance_scale=config.synthesis_guidance_scale, shape=list(latent_shape),
                batch_size=config.synthesis_batch_size)

@@ -15,12 +15,11 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Callable, ClassVar
 
-import torch
 from accelerate import Accelerator
 
 from .errors import EraseError
-from .model_io import (BaseModel, OutputFolder, changed_weights, load_pipeline, resolve_model, save_stock_pipeline,
-                       weights_fingerprint)
+from .model_io import (BaseModel, OutputFolder, changed_weights, differing_keys, load_pipeline, resolve_model,
+                       save_stock_pipeline, weights_fingerprint)
 from .prompts import check_concept
 from .training import MIXED_PRECISION, PhaseTimer, checkpoints, library_versions, make_accelerator
 
@@ -208,20 +207,11 @@ def run(method, config: EraseConfig, step_callback=None, show_progress=True) -> 
 def _check_same_settings(path: str, config: EraseConfig, accelerator) -> None:
     """A resumed run must continue with the settings it started with."""
     settings = json.loads(json.dumps(config.settings()))
-    if os.path.isfile(path):
-        with open(path) as f:
-            before = json.load(f)
-        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
-        if changed:
-            raise EraseError(f"the interrupted run in {os.path.dirname(path)} used other settings ({', '.join(changed)}): "
-                             "rerun with the same flags, or pass --overwrite to start again")
-    elif accelerator.is_main_process:
+    changed = differing_keys(path, settings)
+    if changed:
+        raise EraseError(f"the interrupted run in {os.path.dirname(path)} used other settings ({', '.join(changed)}): "
+                         "rerun with the same flags, or pass --overwrite to start again")
+    if not os.path.isfile(path) and accelerator.is_main_process:
         with open(path, "w") as f:
             json.dump(settings, f, indent=1)
 
-
-def frozen_copy(module: torch.nn.Module, names) -> dict[str, torch.Tensor]:
-    """Detached copies of the named parameters: with torch.func.functional_call they turn the
-    model being trained back into the frozen base, at the memory cost of the trained tensors only."""
-    parameters = dict(module.named_parameters())
-    return {name: parameters[name].detach().clone() for name in names}

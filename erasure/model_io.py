@@ -143,6 +143,15 @@ def save_stock_pipeline(pipeline, folder: str, tokenizer_source: str | None = No
                 shutil.copyfile(src, dst)
 
 
+def differing_keys(path: str, record: dict) -> list[str]:
+    """Keys whose values differ between `record` and the JSON record saved at `path` (none if there is none)."""
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        before = json.load(f)
+    return sorted(k for k in set(before) | set(record) if before.get(k) != record.get(k))
+
+
 class OutputFolder:
     """`OUT/` appears only when complete; the work happens in `OUT.incomplete/` beside it."""
 

@@ -22,11 +22,11 @@ from tqdm.auto import tqdm
 from .data import LatentSet, default_cache_dir, encode_image_folder, read_image_folder, synthesize_latents
 from .diffusion import encode_prompts, epoch_indices, noise_batch, per_sample_mse, prediction_target, stack_embeddings
 from .errors import EraseError
-from .job import Session, TrainingConfig, frozen_copy
+from .job import Session, TrainingConfig
 from .model_io import BaseModel
 from .prompts import concept_prompts
 from .saliency import SCOPES, full_mask, in_scope, load_mask, mask_densities, saliency_mask_from_scores, save_mask
-from .training import fit
+from .training import fit, frozen_copy
 
 RETAIN_LOSS_WEIGHT = {"nudity": 0.1, "class-wise": 0.5}
 

@@ -112,6 +112,13 @@ class PhaseTimer:
         return {"seconds": dict(self.seconds), "peak_memory": {"kind": kind, "bytes": dict(self.peak_memory_bytes)}}
 
 
+def frozen_copy(module: torch.nn.Module, names) -> dict[str, torch.Tensor]:
+    """Detached copies of the named parameters: with torch.func.functional_call they turn the
+    model being trained back into the frozen base, at the memory cost of the trained tensors only."""
+    parameters = dict(module.named_parameters())
+    return {name: parameters[name].detach().clone() for name in names}
+
+
 def fit(accelerator: Accelerator, model, optimizer, compute_loss, *, steps: int, gradient_accumulation_steps: int = 1,
         resume_from_checkpoint: str | None = None, checkpoint_dir: str | None = None, checkpointing_steps: int = 0,
         checkpoints_total_limit: int | None = None, before_step=None, after_step=None, step_callback=None,

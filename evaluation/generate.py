@@ -20,6 +20,7 @@ from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscrete
 from tqdm.auto import tqdm
 
 from erasure.errors import EraseError
+from erasure.model_io import differing_keys
 
 from .prompt_sets import PromptRow
 
@@ -76,14 +77,10 @@ def _batches(jobs: list[ImageJob], batch_size: int) -> list[list[ImageJob]]:
 
 
 def check_same_run(folder: str, record: dict) -> None:
-    path = os.path.join(folder, "generation.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            before = json.load(f)
-        changed = sorted(k for k in set(before) | set(record) if before.get(k) != record.get(k))
-        if changed:
-            raise EraseError(f"{folder} holds images of a different run ({', '.join(changed)} differ): "
-                             "choose another output folder; nothing was changed")
+    changed = differing_keys(os.path.join(folder, "generation.json"), record)
+    if changed:
+        raise EraseError(f"{folder} holds images of a different run ({', '.join(changed)} differ): "
+                         "choose another output folder; nothing was changed")
 
 
 def generate_images(pipeline, rows: list[PromptRow], folder: str, settings: GenerationSettings, run_info: dict,
