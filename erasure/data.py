@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .diffusion import seeded_generator
+from .diffusion import seeded_generator, swapped_scheduler
 from .errors import EraseError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -41,11 +41,11 @@ def default_cache_dir() -> str:
 
 
 def cache_folder(cache_dir: str, kind: str, key: dict) -> str:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
     folder = os.path.join(cache_dir, kind, digest)
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "key.json"), "w") as f:
-        json.dump(key, f, indent=1)
+        json.dump(key, f, indent=1, default=str)
     return folder
 
 
@@ -66,21 +66,28 @@ def cached_batches(folder: str, batches: list, compute, description: str, show_p
 
 def synthesize_latents(pipeline, prompts: list[str], num_images: int, *, seed: int, num_inference_steps: int,
                        guidance_scale: float, resolution: int, batch_size: int, model_key: str,
-                       cache_dir: str | None = None, autocast=None, show_progress: bool = True) -> LatentSet:
-    """Generate `num_images` latents, cycling through `prompts`, with the pipeline's own sampler."""
+                       scheduler: str | None = None, cache_dir: str | None = None, autocast=None,
+                       show_progress: bool = True) -> LatentSet:
+    """Generate `num_images` latents, cycling through `prompts`, with the pipeline's own sampler or `scheduler`."""
     captions = [prompts[i % len(prompts)] for i in range(num_images)]
     batches = [captions[i:i + batch_size] for i in range(0, num_images, batch_size)]
+    sampler = swapped_scheduler(pipeline, scheduler) if scheduler else pipeline.scheduler
     key = dict(model=model_key, prompts=prompts, num_images=num_images, seed=seed, steps=num_inference_steps,
                guidance_scale=guidance_scale, resolution=resolution, batch_size=batch_size,
-               scheduler=type(pipeline.scheduler).__name__)
+               scheduler=type(sampler).__name__, scheduler_config=dict(sampler.config))
     folder = cache_folder(cache_dir or default_cache_dir(), "synthesized", key)
     pipeline.set_progress_bar_config(disable=True)
+    own = pipeline.scheduler
 
     def generate(index, batch_prompts):
-        with autocast() if autocast else torch.autocast("cpu", enabled=False):
-            return pipeline(prompt=batch_prompts, num_inference_steps=num_inference_steps,
-                            guidance_scale=guidance_scale, height=resolution, width=resolution,
-                            generator=seeded_generator(seed, "synthesis", index), output_type="latent").images
+        pipeline.scheduler = sampler
+        try:
+            with autocast() if autocast else torch.autocast("cpu", enabled=False):
+                return pipeline(prompt=batch_prompts, num_inference_steps=num_inference_steps,
+                                guidance_scale=guidance_scale, height=resolution, width=resolution,
+                                generator=seeded_generator(seed, "synthesis", index), output_type="latent").images
+        finally:
+            pipeline.scheduler = own  # the erased pipeline is saved with the scheduler it came with
 
     latents = cached_batches(folder, batches, generate, f"synthesizing {prompts[0]!r}", show_progress)
     return LatentSet(latents, captions)

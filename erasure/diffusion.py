@@ -4,6 +4,17 @@ import hashlib
 
 import torch
 import torch.nn.functional as F
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, LMSDiscreteScheduler,
+                       PNDMScheduler)
+
+# Samplers by the short names the CLI takes; "dpm" (DPM-Solver++ 2M) needs the fewest steps.
+SCHEDULERS = {"ddim": DDIMScheduler, "pndm": PNDMScheduler, "lms": LMSDiscreteScheduler,
+              "euler": EulerDiscreteScheduler, "dpm": DPMSolverMultistepScheduler}
+
+
+def swapped_scheduler(pipeline, name: str):
+    """The sampler `name` configured from the pipeline's own scheduler (same noise schedule)."""
+    return SCHEDULERS[name].from_config(pipeline.scheduler.config)
 
 
 def seeded_generator(seed: int, *keys) -> torch.Generator:

@@ -122,15 +122,16 @@ class EraseResult:
     artifacts: dict = field(default_factory=dict)  # e.g. {"saliency_mask": {name: bool tensor}} for SalUn
 
 
-def _record(config: EraseConfig, base: BaseModel, method_record: dict, timer: PhaseTimer) -> dict:
+def _record(config: EraseConfig, base: BaseModel, method_record: dict, session: Session) -> dict:
     return {
         "method": config.method,
         "concept": config.concept,
         "base_model": {"id": base.name, "revision": base.revision},
         "hyperparameters": config.settings(),
         "seed": config.seed,
+        "processes": session.accelerator.num_processes,
         **method_record,
-        **timer.report(),
+        **session.timer.report(),
         "versions": library_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -155,7 +156,7 @@ def erase_in_memory(method, pipeline, config: EraseConfig, accelerator=None, ste
                       step_callback=step_callback, show_progress=show_progress)
     method_record, artifacts = method.erase_pipeline(pipeline, config, session)
     pipeline.to(accelerator.device)  # methods may park frozen parts on the CPU; inference needs them back
-    return EraseResult(None, _record(config, base, method_record, session.timer), artifacts)
+    return EraseResult(None, _record(config, base, method_record, session), artifacts)
 
 
 def run(method, config: EraseConfig, step_callback=None, show_progress=True) -> EraseResult:
@@ -192,7 +193,7 @@ def run(method, config: EraseConfig, step_callback=None, show_progress=True) -> 
     if accelerator.is_main_process:
         with session.timer.phase("save"):
             save_stock_pipeline(pipeline, output.partial, tokenizer_source=base.path)
-        record = _record(config, base, {**method_record, "changed": changed_weights(pipeline, base.path)}, session.timer)
+        record = _record(config, base, {**method_record, "changed": changed_weights(pipeline, base.path)}, session)
         with open(os.path.join(output.partial, "erasure.json"), "w") as f:
             json.dump(record, f, indent=2)
         for folder in checkpoints(output.partial):  # only needed to resume this run, and large

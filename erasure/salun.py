@@ -3,8 +3,8 @@
 1. Saliency: sum ∇θ of the forget loss MSE(ε, (1+w)·ε_θ(z_t,t,c_f) − w·ε_θ(z_t,t,∅)) over the forget
    set, keep the top `mask_ratio` of |G| (global ranking) inside the parameter `scope`.
 2. Unlearning: L = MSE(ε_θ(z_t,t,c_f), stopgrad ε_θ(z_t,t,c')) + α·MSE on the retain set, with
-   the gradients multiplied by the mask. Adam without weight decay then leaves every
-   non-salient weight bit-identical: its moments stay zero where the gradient always is.
+   Adam without weight decay over the salient entries only (MaskedAdam): every non-salient
+   weight stays bit-identical and holds no optimizer state.
 
 Defaults follow the official code (OPTML-Group/Unlearn-Saliency, SD/): w = 7.5, ratio 0.5,
 Adam lr 1e-5, batch 8, 100 steps (one epoch of 800 images), α = 0.1 for nudity, 0.5 class-wise.
@@ -20,9 +20,10 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from .data import LatentSet, default_cache_dir, encode_image_folder, read_image_folder, synthesize_latents
-from .diffusion import encode_prompts, epoch_indices, noise_batch, per_sample_mse, prediction_target, stack_embeddings
+from .diffusion import SCHEDULERS, encode_prompts, epoch_indices, noise_batch, per_sample_mse, prediction_target, stack_embeddings
 from .errors import EraseError
 from .job import Session, TrainingConfig
+from .masked_adam import MaskedAdam
 from .model_io import BaseModel
 from .prompts import concept_prompts
 from .saliency import SCOPES, full_mask, in_scope, load_mask, mask_densities, saliency_mask_from_scores, save_mask
@@ -54,6 +55,7 @@ class SalUnConfig(TrainingConfig):
     retain_images: str | None = None
     num_images: int = 800
     synthesis_steps: int | None = None
+    synthesis_scheduler: str | None = None  # None: the pipeline's own sampler
     synthesis_guidance_scale: float = 7.5
     synthesis_batch_size: int | None = None
     resolution: int | None = None
@@ -61,6 +63,7 @@ class SalUnConfig(TrainingConfig):
     mask_ratio: float = 0.5
     scope: str | None = None
     saliency_guidance_scale: float = 7.5
+    saliency_batch_size: int = 8
     # unlearning (steps, batch size, learning rate: TrainingConfig)
     retain_loss_weight: float | None = None
     # whose prediction for the misaligned prompt is the forget target: "current" model (official code) or frozen "base"
@@ -72,9 +75,11 @@ class SalUnConfig(TrainingConfig):
             raise EraseError(f"mask ratio {self.mask_ratio} is outside (0, 1]: use e.g. 0.5 to update the most salient half")
         if self.scope is not None and self.scope not in SCOPES:
             raise EraseError(f"unknown scope {self.scope!r}: choose one of {', '.join(SCOPES)}")
+        if self.synthesis_scheduler is not None and self.synthesis_scheduler not in SCHEDULERS:
+            raise EraseError(f"unknown synthesis scheduler {self.synthesis_scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
         if self.misaligned_target is not None and self.misaligned_target not in MISALIGNED_TARGETS:
             raise EraseError(f"unknown misaligned target {self.misaligned_target!r}: choose current or base")
-        self.require_positive("num_images", "synthesis_steps", "synthesis_batch_size", "resolution")
+        self.require_positive("num_images", "synthesis_steps", "synthesis_batch_size", "resolution", "saliency_batch_size")
 
     def with_defaults(self, base: BaseModel) -> "SalUnConfig":
         prompts = concept_prompts(self.concept, self.forget_prompts, self.retain_prompts, self.misaligned_prompts,
@@ -95,18 +100,35 @@ class SalUnConfig(TrainingConfig):
 
 
 def compute_saliency(pipeline, forget: LatentSet, config: SalUnConfig, accelerator, show_progress=True):
-    """The saliency mask over all UNet parameters (config.saliency_mask inside the scope, zero outside)."""
+    """The saliency mask over all UNet parameters (config.saliency_mask inside the scope, zero outside).
+
+    The same mask whatever the number of processes: the forget set is cut into the same batches of
+    `saliency_batch_size` (dealt round-robin to the processes) and their gradients are summed in
+    float64, where adding float32 values is exact, so neither the split nor the order of addition
+    changes a bit.
+    """
     unet, device = pipeline.unet, accelerator.device
     scoped = {n: p for n, p in unet.named_parameters() if in_scope(n, config.scope)}
     for name, param in unet.named_parameters():
         param.requires_grad_(name in scoped)
         param.grad = None
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    sums = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in scoped.items()}
+
+    def add_to_sum(name):
+        def hook(param):  # move each gradient into its sum as soon as it is complete: no float32 copy stays
+            sums[name].add_(param.grad)
+            param.grad = None
+        return hook
+
+    hooks = [p.register_post_accumulate_grad_hook(add_to_sum(n)) for n, p in scoped.items()]
     noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     embeddings = encode_prompts(pipeline, forget.prompts + [""], device)
     w = config.saliency_guidance_scale
-    # each process takes every k-th sample; the gradient sums are added up across processes below
-    shard = list(range(accelerator.process_index, len(forget), accelerator.num_processes))
-    batches = [shard[i:i + config.batch_size] for i in range(0, len(shard), config.batch_size)]
+    size = config.saliency_batch_size
+    batches = [list(range(i, min(i + size, len(forget)))) for i in range(0, len(forget), size)]
+    batches = batches[accelerator.process_index::accelerator.num_processes]
     for batch in tqdm(batches, desc="saliency", disable=not (show_progress and accelerator.is_main_process)):
         latents = forget.latents[batch].to(device)
         timesteps, noise = noise_batch([(config.seed, "saliency", i) for i in batch], latents.shape[1:],
@@ -122,23 +144,24 @@ def compute_saliency(pipeline, forget: LatentSet, config: SalUnConfig, accelerat
         guided = (1 + w) * conditional - w * unconditional
         # The official code minimises the negated loss; the sign does not change |G|.
         loss = per_sample_mse(guided, prediction_target(noise_scheduler, latents, noise, timesteps)).sum()
-        (loss / config.batch_size).backward()
-    gradients = {n: p.grad if accelerator.num_processes == 1 else accelerator.reduce(p.grad, "sum")
-                 for n, p in scoped.items()}
-    scope_masks = config.saliency_mask(gradients)
-    for param in unet.parameters():
-        param.grad = None
+        (loss / size).backward()
+    for hook in hooks:
+        hook.remove()
+    if accelerator.num_processes > 1:
+        sums = {n: accelerator.reduce(s, "sum") for n, s in sums.items()}
+    scores = {n: sums.pop(n).abs_().float() for n in list(scoped)}  # one float64 sum alive at a time
+    scope_masks = config.saliency_mask(scores)
     return full_mask([(n, p.shape) for n, p in unet.named_parameters()], scope_masks)
 
 
 def unlearn(pipeline, forget: LatentSet, retain: LatentSet, saliency_mask, config: SalUnConfig, accelerator,
             checkpoint_dir: str | None = None, step_callback: Callable[[int, dict], None] | None = None,
-            show_progress=True) -> tuple[dict, int]:
-    """Masked fine-tuning of pipeline.unet in place; returns the last step's losses and the step it resumed from.
+            show_progress=True) -> tuple[dict, int, dict]:
+    """Masked fine-tuning of pipeline.unet in place; returns the last step's losses, the step it resumed
+    from and the optimizer state's size (with what dense Adam over the trained tensors would hold).
 
-    A boolean mask multiplies the gradients (Adam then never moves a masked entry). A soft mask
-    (floats in [0, 1]) scales each entry's update instead: Adam divides a scaled gradient by its
-    own scale, so scaling gradients would change nothing.
+    Only entries the mask allows move, and only they get optimizer state (MaskedAdam); a soft
+    mask (floats in [0, 1]) scales each entry's update.
     """
     unet, device = pipeline.unet, accelerator.device
     alpha = config.retain_loss_weight
@@ -158,22 +181,8 @@ def unlearn(pipeline, forget: LatentSet, retain: LatentSet, saliency_mask, confi
         unet.enable_gradient_checkpointing()
     unet.train()
     parameters = dict(unet.named_parameters())
-    optimizer = torch.optim.Adam([parameters[n] for n in trainable], lr=config.learning_rate, weight_decay=0.0)
-    model, optimizer = accelerator.prepare(unet, optimizer)
-    masks = [(parameters[name], saliency_mask[name].to(device)) for name in trainable]
-    hard = all(mask.dtype == torch.bool for _, mask in masks)
-    before_update: list[torch.Tensor] = []
-
-    def before_step():
-        if hard:
-            for param, mask in masks:
-                param.grad.mul_(mask)
-        else:
-            before_update[:] = [param.detach().clone() for param, _ in masks]
-
-    def after_step():  # soft mask: keep the share m of each entry's update
-        for (param, mask), old in zip(masks, before_update):
-            param.data.copy_(torch.lerp(old, param.detach(), mask))
+    masked_adam = MaskedAdam([(parameters[n], saliency_mask[n]) for n in trainable], lr=config.learning_rate)
+    model, optimizer = accelerator.prepare(unet, masked_adam)
 
     per_process, processes = config.batch_size, accelerator.num_processes
     global_batch = per_process * processes
@@ -216,12 +225,14 @@ def unlearn(pipeline, forget: LatentSet, retain: LatentSet, saliency_mask, confi
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         resume_from_checkpoint=config.resume_from_checkpoint, checkpoint_dir=checkpoint_dir,
         checkpointing_steps=config.checkpointing_steps, checkpoints_total_limit=config.checkpoints_total_limit,
-        before_step=before_step, after_step=None if hard else after_step, step_callback=step_callback,
+        step_callback=step_callback,
         show_progress=show_progress, description="unlearning")
     unet.eval()
     for param in unet.parameters():
         param.requires_grad_(False)
-    return logs, resumed_from
+    state = {"bytes": masked_adam.state_bytes(),
+             "dense_adam_bytes": sum(8 * parameters[n].numel() + 4 for n in trainable)}
+    return logs, resumed_from, state
 
 
 def build_sets(pipeline, config: SalUnConfig, accelerator, model_key: str, show_progress=True) -> tuple[LatentSet, LatentSet]:
@@ -239,6 +250,7 @@ def build_sets(pipeline, config: SalUnConfig, accelerator, model_key: str, show_
             else:
                 sets.append(synthesize_latents(
                     pipeline, texts, config.num_images, seed=config.seed, num_inference_steps=config.synthesis_steps,
+                    scheduler=config.synthesis_scheduler,
                     guidance_scale=config.synthesis_guidance_scale, resolution=resolution,
                     batch_size=config.synthesis_batch_size, model_key=model_key, cache_dir=cache_dir,
                     autocast=accelerator.autocast, show_progress=show_progress))
@@ -261,13 +273,14 @@ def erase_pipeline(pipeline, config: SalUnConfig, session: Session) -> tuple[dic
                           method=config.method)
                 os.replace(mask_file + ".tmp", mask_file)
     with timer.phase("unlearning"):
-        logs, resumed_from = unlearn(pipeline, forget, retain, mask, config, accelerator, session.work_dir,
+        logs, resumed_from, optimizer_state = unlearn(pipeline, forget, retain, mask, config, accelerator, session.work_dir,
                                      session.step_callback, session.show_progress)
     pipeline.to(accelerator.device)  # unlearn() parked the text encoder and VAE on the CPU
     density, mean_weight, per_layer = mask_densities(mask)
     data = (f"{len(forget)} / {len(retain)} images "
             + ("from folders" if config.forget_images or config.retain_images
-               else f"generated by the base model ({config.synthesis_steps} steps, guidance {config.synthesis_guidance_scale})"))
+               else f"generated by the base model ({config.synthesis_steps} {config.synthesis_scheduler or 'pipeline-sampler'} "
+                 f"steps, guidance {config.synthesis_guidance_scale})"))
     record = {
         "prompts": {"forget": config.forget_prompts, "retain": config.retain_prompts,
                     "misaligned": config.misaligned_prompts},
@@ -275,6 +288,7 @@ def erase_pipeline(pipeline, config: SalUnConfig, session: Session) -> tuple[dic
         "steps": config.steps,
         "resumed_from_step": resumed_from,
         "final_losses": logs,
+        "optimizer_state": optimizer_state,
         "mask": {"ratio": config.mask_ratio, "scope": config.scope, "density": density, "mean_weight": mean_weight,
                  "layer_density": per_layer},
         "summary": [

@@ -121,13 +121,12 @@ def frozen_copy(module: torch.nn.Module, names) -> dict[str, torch.Tensor]:
 
 def fit(accelerator: Accelerator, model, optimizer, compute_loss, *, steps: int, gradient_accumulation_steps: int = 1,
         resume_from_checkpoint: str | None = None, checkpoint_dir: str | None = None, checkpointing_steps: int = 0,
-        checkpoints_total_limit: int | None = None, before_step=None, after_step=None, step_callback=None,
+        checkpoints_total_limit: int | None = None, step_callback=None,
         show_progress: bool = True, description: str = "training") -> tuple[dict, int]:
     """The optimisation loop every trained method shares; returns the last step's logs and the step it resumed from.
 
     `compute_loss(step, micro)` returns (loss, logs) for one micro-batch; its randomness must depend
-    only on (step, micro) so that a resumed run repeats the uninterrupted one. `before_step()` runs
-    once the gradients are complete (e.g. to mask them), `after_step()` after the optimizer update.
+    only on (step, micro) so that a resumed run repeats the uninterrupted one.
     """
     from tqdm.auto import tqdm
 
@@ -155,11 +154,7 @@ def fit(accelerator: Accelerator, model, optimizer, compute_loss, *, steps: int,
                     raise TrainingDiverged(f"loss became {loss.item()} at step {step + 1}: lower --learning-rate "
                                            f"or use --mixed-precision no{where}")
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and before_step:
-                    before_step()
                 optimizer.step()
-                if accelerator.sync_gradients and after_step:
-                    after_step()
                 optimizer.zero_grad(set_to_none=True)
         progress.set_postfix(loss=f"{logs['loss']:.4f}")
         accelerator.log(logs, step=step + 1)

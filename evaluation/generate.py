@@ -15,17 +15,14 @@ from dataclasses import asdict, dataclass
 
 import torch
 from accelerate import PartialState
-from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, LMSDiscreteScheduler,
-                       PNDMScheduler)
 from tqdm.auto import tqdm
 
+from erasure.diffusion import swapped_scheduler
 from erasure.errors import EraseError
 from erasure.model_io import differing_keys
 
 from .prompt_sets import PromptRow
 
-SCHEDULERS = {"ddim": DDIMScheduler, "pndm": PNDMScheduler, "lms": LMSDiscreteScheduler,
-              "euler": EulerDiscreteScheduler, "dpm": DPMSolverMultistepScheduler}
 FALLBACK_GUIDANCE = 7.5
 
 
@@ -95,7 +92,7 @@ def generate_images(pipeline, rows: list[PromptRow], folder: str, settings: Gene
         with open(os.path.join(folder, "generation.json"), "w") as f:
             json.dump(record, f, indent=1)
     if settings.scheduler:
-        pipeline.scheduler = SCHEDULERS[settings.scheduler].from_config(pipeline.scheduler.config)
+        pipeline.scheduler = swapped_scheduler(pipeline, settings.scheduler)
     pipeline.set_progress_bar_config(disable=True)
     jobs = image_jobs(rows, settings)
     todo = [job for job in jobs if not os.path.isfile(os.path.join(folder, job.file))]

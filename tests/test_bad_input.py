@@ -103,3 +103,23 @@ def test_pickled_base_weights_are_refused_unless_allowed(capsys, tmp_path, keep,
     err = run_bad(capsys, tmp_path, "--model", pickled, "--concept", "nudity")
     assert "pickled" in err and "--allow-pickle" in err
     assert erase_cli("--model", pickled, "--concept", "nudity", "--output", tmp_path / "ok", "--allow-pickle", *FAST) == 0
+
+
+def test_cli_choices_are_the_library_names():
+    # the CLI spells them out so that --help does not import torch; a new method, scope or sampler must reach both
+    from erasure import cli
+    from erasure.diffusion import SCHEDULERS
+    from erasure.methods import METHODS
+    from erasure.saliency import SCOPES
+
+    assert cli.METHOD_NAMES == tuple(METHODS) and cli.SCOPE_NAMES == tuple(SCOPES)
+    assert cli.SAMPLER_NAMES == tuple(SCHEDULERS)
+
+
+def test_unknown_synthesis_scheduler_in_the_python_api(tiny_sd, tmp_path):
+    from erasure import SalUnConfig, erase
+    from erasure.errors import EraseError
+
+    with pytest.raises(EraseError, match="unknown synthesis scheduler 'heun': choose one of ddim, pndm"):
+        erase(SalUnConfig(model=str(tiny_sd), concept="nudity", output_dir=str(tmp_path / "out"), synthesis_scheduler="heun"))
+    assert not os.path.exists(tmp_path / "out")

@@ -98,3 +98,20 @@ def test_unset_settings_take_the_official_defaults_or_the_models_own(tiny_sd, er
     assert (hp["scope"], hp["learning_rate"], hp["misaligned_target"], hp["synthesis_steps"]) == ("full", 1e-5, "current", 4)
     assert BaseModel("shapes", MODEL_DIR).recommended("salun", "circle") == SALUN_DEFAULTS
     assert BaseModel(str(tiny_sd), str(tiny_sd)).recommended("salun", "circle") == {}
+
+
+def test_synthesis_with_another_sampler_is_cached_apart_and_leaves_the_pipelines_own(tiny_sd, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from erasure.data import synthesize_latents
+
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny_sd)
+    own = pipeline.scheduler
+    settings = dict(num_images=4, seed=0, num_inference_steps=3, guidance_scale=7.5, resolution=32, batch_size=4,
+                    model_key="k", cache_dir=str(tmp_path), show_progress=False)
+    ddim = synthesize_latents(pipeline, ["a photo"], **settings)
+    dpm = synthesize_latents(pipeline, ["a photo"], scheduler="dpm", **settings)
+    assert pipeline.scheduler is own
+    assert dpm.latents.shape == ddim.latents.shape and not torch.allclose(dpm.latents, ddim.latents)
+    keys = [json.loads((folder / "key.json").read_text()) for folder in (tmp_path / "synthesized").iterdir()]
+    assert sorted(k["scheduler"] for k in keys) == ["DDIMScheduler", "DPMSolverMultistepScheduler"]
