@@ -2,7 +2,8 @@
 
     python -m benchmarks.bench_erase --size tiny                  # SalUn on a CPU, seconds
     python -m benchmarks.bench_erase --size tiny --method esd --steps 50
-    python -m benchmarks.bench_erase --size sd15 --mixed-precision bf16 --num-images 256 --synthesis-steps 20 --record
+    python -m benchmarks.bench_erase --size sd15 --mixed-precision bf16 --gradient-checkpointing \
+        --num-images 256 --synthesis-scheduler dpm --synthesis-steps 20 --synthesis-batch-size 32 --record
     python -m benchmarks.bench_erase --size sd15 --method esd --mixed-precision bf16 --steps 50 --record
     python -m benchmarks.bench_erase --size sd15 --method uce --record
 
@@ -40,6 +41,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--sample-from", choices=("current", "base"), default="current", help="esd only")
     parser.add_argument("--num-images", type=int, default=32, help="forget and retain images each")
     parser.add_argument("--synthesis-steps", type=int, default=20)
+    parser.add_argument("--synthesis-scheduler", choices=("ddim", "pndm", "lms", "euler", "dpm"),
+                        help="salun: sampler for the forget/retain sets (default: the pipeline's, DDIM)")
     parser.add_argument("--synthesis-batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, help="default: 100 (salun), 1000 (esd)")
     parser.add_argument("--batch-size", type=int, help="default: 8 (salun), 1 (esd)")
@@ -55,14 +58,18 @@ def main(argv=None) -> dict:
 
     with tempfile.TemporaryDirectory() as work:
         base = os.path.join(work, "base")
-        save_stock_pipeline(build_random_pipeline(args.size, tokenizer_dir=os.path.join(base, "tokenizer")), base)
+        pipeline = build_random_pipeline(args.size, tokenizer_dir=os.path.join(base, "tokenizer"))
+        attention = sorted({type(p).__name__ for p in pipeline.unet.attn_processors.values()})  # SDPA: AttnProcessor2_0
+        save_stock_pipeline(pipeline, base)
+        del pipeline
         common = dict(model=base, concept="nudity", output_dir=os.path.join(work, "erased"),
                       cache_dir=os.path.join(work, "cache"), mixed_precision=args.mixed_precision)
         training = {k: getattr(args, k) for k in ("steps", "batch_size") if getattr(args, k) is not None}
         training["gradient_checkpointing"] = args.gradient_checkpointing
         synthesis = dict(num_images=args.num_images, synthesis_steps=args.synthesis_steps,
                          synthesis_batch_size=args.synthesis_batch_size)
-        method_settings = {"salun": {**training, **synthesis}, "salun-soft": {**training, **synthesis},
+        sampler = {"synthesis_scheduler": args.synthesis_scheduler}
+        method_settings = {"salun": {**training, **synthesis, **sampler}, "salun-soft": {**training, **synthesis, **sampler},
                            "esd": {**training, **synthesis, "sample_from": args.sample_from}, "uce": {}}
         config = CONFIGS[args.method](**common, **method_settings[args.method])
         record = erase(config, show_progress=False).record
@@ -83,6 +90,8 @@ def main(argv=None) -> dict:
            if trained else {}),
         "peak_memory_gib": {k: round(v / 2**30, 3) for k, v in record["peak_memory"]["bytes"].items()},
         "peak_memory_kind": record["peak_memory"]["kind"],
+        **({"optimizer_state_bytes": record["optimizer_state"]} if "optimizer_state" in record else {}),
+        "attention": attention,
         "versions": record["versions"],
     }
     del result["settings"]["record"]

@@ -32,6 +32,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args(argv)
 
+    from erasure.training import library_versions, peak_rss_bytes
     from evaluation.generate import GenerationSettings, generate_images
     from evaluation.prompt_sets import load_prompts
     from pipelines import build_random_pipeline
@@ -67,9 +68,13 @@ def main(argv=None) -> dict:
                     torch.cuda.synchronize()
                 best[name] = min(best[name], time.perf_counter() - start)
     rates = {name: round(len(rows) / seconds, 2) for name, seconds in best.items()}
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else peak_rss_bytes()
     result = {"benchmark": "generate", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "device": device_name(), "settings": {k: v for k, v in vars(args).items() if k != "record"},
-              "images_per_s": rates, "harness_vs_bare": round(rates["harness"] / rates["bare"], 3)}
+              "images_per_s": rates, "harness_vs_bare": round(rates["harness"] / rates["bare"], 3),
+              "peak_memory_gib": round(peak / 2**30, 3),
+              "peak_memory_kind": "cuda_max_allocated" if device == "cuda" else "cpu_max_rss",
+              "versions": library_versions()}
     return publish(result, args.record)
 
 

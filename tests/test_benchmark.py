@@ -1,13 +1,17 @@
 """The benchmark command keeps working (its numbers are recorded by hand, never asserted)."""
 
+from benchmarks import bench_generate, bench_optimizer
 from benchmarks.bench_erase import main
 
 
 def test_tiny_benchmark_reports_every_phase():
-    result = main(["--size", "tiny", "--num-images", "8", "--synthesis-steps", "2", "--steps", "3"])
+    result = main(["--size", "tiny", "--num-images", "8", "--synthesis-steps", "2", "--steps", "3",
+                   "--synthesis-scheduler", "dpm"])
     assert set(result["seconds"]) == {"data", "saliency", "unlearning", "save"}
     assert set(result["peak_memory_gib"]) == set(result["seconds"])
     assert result["steps_per_s"] > 0 and result["device"]
+    assert result["settings_used"]["synthesis_scheduler"] == "dpm" and result["attention"] == ["AttnProcessor2_0"]
+    assert 0 < result["optimizer_state_bytes"]["bytes"] < result["optimizer_state_bytes"]["dense_adam_bytes"]
 
 
 def test_tiny_benchmark_runs_esd_and_uce():
@@ -15,3 +19,10 @@ def test_tiny_benchmark_runs_esd_and_uce():
     assert set(esd["seconds"]) == {"data", "training", "save"} and esd["seconds_per_step"] > 0
     uce = main(["--size", "tiny", "--method", "uce"])
     assert set(uce["seconds"]) == {"edit", "save"}
+
+
+def test_tiny_optimizer_and_generation_benchmarks_run():
+    optimizer = bench_optimizer.main(["--size", "tiny", "--steps", "1"])
+    assert optimizer["masked"]["state_gib"] < optimizer["dense"]["state_gib"]
+    generation = bench_generate.main(["--size", "tiny", "--prompts", "8", "--steps", "2", "--repeats", "1"])
+    assert generation["images_per_s"]["harness"] > 0 and generation["versions"]["torch"]

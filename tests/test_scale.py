@@ -34,7 +34,8 @@ def test_masked_adam_moves_exactly_what_dense_adam_on_masked_gradients_moves_wit
     assert torch.equal(masked, dense)  # same kernel, same arithmetic
     assert torch.equal(masked[~mask], start[~mask]) and (masked[mask] != start[mask]).all()
     dense_bytes = sum(t.numel() * t.element_size() for t in dense_adam.state[dense].values())
-    assert masked_adam.state_bytes() == int(mask.sum()) * 8 + 4 and masked_adam.state_bytes() < 0.35 * dense_bytes
+    # two moments and an int32 position per allowed entry (+ the step count) instead of two moments per entry
+    assert masked_adam.state_bytes() == int(mask.sum()) * 12 + 4 and masked_adam.state_bytes() < 0.5 * dense_bytes
 
 
 def test_masked_adam_with_a_soft_mask_moves_each_entry_by_its_share_of_the_adam_update():

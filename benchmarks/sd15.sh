@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The SD-1.5-scale benchmark set for a GPU machine (random weights, nothing downloaded); every
+# result is printed and appended to benchmarks/results.jsonl. Run from the repository root:
+#   bash benchmarks/sd15.sh              # PYTHON=python to use another interpreter than .venv's
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+run() { echo "+ $*" >&2; "$PY" -m "$@" --record; }
+fast_salun="--size sd15 --mixed-precision bf16 --gradient-checkpointing --synthesis-scheduler dpm --synthesis-steps 20 --synthesis-batch-size 32"
+run benchmarks.bench_erase $fast_salun --num-images 256            # target: <= 60 s end to end, <= 16 GiB
+run benchmarks.bench_erase $fast_salun --num-images 800            # the paper's data size
+run benchmarks.bench_erase --size sd15 --method esd --mixed-precision bf16 --steps 50 --sample-from base --num-images 64
+run benchmarks.bench_erase --size sd15 --method esd --mixed-precision bf16 --steps 20   # paper sampling (current model)
+run benchmarks.bench_erase --size sd15 --method uce                 # target: <= 5 s
+run benchmarks.bench_generate --size sd15 --prompts 64 --steps 50 --repeats 2   # target: harness >= 0.95 of bare
+run benchmarks.bench_optimizer --size sd15
