@@ -59,7 +59,8 @@ def measure(variant: str, size: str, mask_ratio: float, steps: int) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / steps
-    state_bytes = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values())
+    state_bytes = (optimizer.state_bytes() if variant == "masked"  # moments and int32 positions
+                   else sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()))
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss_bytes()
     return {"seconds_per_step": round(seconds, 4), "state_gib": round(state_bytes / 2**30, 3),
             "peak_memory_gib": round(peak / 2**30, 3), "parameters": sum(s.numel() for s in shapes),
