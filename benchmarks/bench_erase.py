@@ -25,6 +25,8 @@ from datetime import datetime, timezone
 
 import torch
 
+from erasure.cli import SAMPLER_NAMES
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.jsonl")
 
 
@@ -41,7 +43,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--sample-from", choices=("current", "base"), default="current", help="esd only")
     parser.add_argument("--num-images", type=int, default=32, help="forget and retain images each")
     parser.add_argument("--synthesis-steps", type=int, default=20)
-    parser.add_argument("--synthesis-scheduler", choices=("ddim", "pndm", "lms", "euler", "dpm"),
+    parser.add_argument("--synthesis-scheduler", choices=SAMPLER_NAMES,
                         help="salun: sampler for the forget/retain sets (default: the pipeline's, DDIM)")
     parser.add_argument("--synthesis-batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, help="default: 100 (salun), 1000 (esd)")

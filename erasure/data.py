@@ -41,11 +41,11 @@ def default_cache_dir() -> str:
 
 
 def cache_folder(cache_dir: str, kind: str, key: dict) -> str:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     folder = os.path.join(cache_dir, kind, digest)
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "key.json"), "w") as f:
-        json.dump(key, f, indent=1, default=str)
+        json.dump(key, f, indent=1)
     return folder
 
 
@@ -77,19 +77,18 @@ def synthesize_latents(pipeline, prompts: list[str], num_images: int, *, seed: i
                scheduler=type(sampler).__name__, scheduler_config=dict(sampler.config))
     folder = cache_folder(cache_dir or default_cache_dir(), "synthesized", key)
     pipeline.set_progress_bar_config(disable=True)
-    own = pipeline.scheduler
 
     def generate(index, batch_prompts):
-        pipeline.scheduler = sampler
-        try:
-            with autocast() if autocast else torch.autocast("cpu", enabled=False):
-                return pipeline(prompt=batch_prompts, num_inference_steps=num_inference_steps,
-                                guidance_scale=guidance_scale, height=resolution, width=resolution,
-                                generator=seeded_generator(seed, "synthesis", index), output_type="latent").images
-        finally:
-            pipeline.scheduler = own  # the erased pipeline is saved with the scheduler it came with
+        with autocast() if autocast else torch.autocast("cpu", enabled=False):
+            return pipeline(prompt=batch_prompts, num_inference_steps=num_inference_steps,
+                            guidance_scale=guidance_scale, height=resolution, width=resolution,
+                            generator=seeded_generator(seed, "synthesis", index), output_type="latent").images
 
-    latents = cached_batches(folder, batches, generate, f"synthesizing {prompts[0]!r}", show_progress)
+    own, pipeline.scheduler = pipeline.scheduler, sampler
+    try:
+        latents = cached_batches(folder, batches, generate, f"synthesizing {prompts[0]!r}", show_progress)
+    finally:
+        pipeline.scheduler = own  # the erased pipeline is saved with the scheduler it came with
     return LatentSet(latents, captions)
 
 

@@ -161,7 +161,7 @@ def erase_pipeline(pipeline, config: EsdConfig, session: Session) -> tuple[dict,
         unet.enable_gradient_checkpointing()
     unet.train()
     parameters = dict(unet.named_parameters())
-    # torch's fused kernel: one launch for every tensor (measured 0.134 vs 0.154 s per SD-1.5 step, H100)
+    # torch's fused kernel: fewer launches (reference H100 SD-1.5 step: fused 0.134 s vs foreach 0.154 s)
     optimizer = torch.optim.Adam([parameters[n] for n in trainable], lr=config.learning_rate,
                                  fused=accelerator.device.type in ("cuda", "cpu"))
     model, optimizer = accelerator.prepare(unet, optimizer)
