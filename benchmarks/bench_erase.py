@@ -25,7 +25,9 @@ from datetime import datetime, timezone
 
 import torch
 
-from erasure.cli import SAMPLER_NAMES
+from sd_erasure import methods
+from sd_erasure.erasure.cli import SAMPLER_NAMES
+from sd_erasure.erasure.methods import DEFAULT_METHOD
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.jsonl")
 
@@ -39,12 +41,13 @@ def device_name() -> str:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=("tiny", "sd15"), default="tiny")
-    parser.add_argument("--method", choices=("salun", "salun-soft", "esd", "uce"), default="salun")
-    parser.add_argument("--sample-from", choices=("current", "base"), default="current", help="esd only")
+    parser.add_argument("--method", choices=tuple(methods()), default=DEFAULT_METHOD)
+    parser.add_argument("--sample-from", choices=("current", "base"), default="current",
+                        help="for methods that sample trajectories (esd)")
     parser.add_argument("--num-images", type=int, default=32, help="forget and retain images each")
     parser.add_argument("--synthesis-steps", type=int, default=20)
     parser.add_argument("--synthesis-scheduler", choices=SAMPLER_NAMES,
-                        help="salun: sampler for the forget/retain sets (default: the pipeline's, DDIM)")
+                        help="sampler for the forget/retain sets (default: the pipeline's, DDIM)")
     parser.add_argument("--synthesis-batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, help="default: 100 (salun), 1000 (esd)")
     parser.add_argument("--batch-size", type=int, help="default: 8 (salun), 1 (esd)")
@@ -53,10 +56,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--record", action="store_true", help=f"append the result to {os.path.relpath(RESULTS)}")
     args = parser.parse_args(argv)
 
-    from erasure import erase
-    from erasure.methods import CONFIGS
-    from erasure.model_io import save_stock_pipeline
-    from pipelines import build_random_pipeline
+    from dataclasses import fields
+
+    from sd_erasure import erase, get_method
+    from sd_erasure.erasure.model_io import save_stock_pipeline
+    from sd_erasure.pipelines import build_random_pipeline
 
     with tempfile.TemporaryDirectory() as work:
         base = os.path.join(work, "base")
@@ -66,14 +70,13 @@ def main(argv=None) -> dict:
         del pipeline
         common = dict(model=base, concept="nudity", output_dir=os.path.join(work, "erased"),
                       cache_dir=os.path.join(work, "cache"), mixed_precision=args.mixed_precision)
-        training = {k: getattr(args, k) for k in ("steps", "batch_size") if getattr(args, k) is not None}
-        training["gradient_checkpointing"] = args.gradient_checkpointing
-        synthesis = dict(num_images=args.num_images, synthesis_steps=args.synthesis_steps,
-                         synthesis_batch_size=args.synthesis_batch_size)
-        sampler = {"synthesis_scheduler": args.synthesis_scheduler}
-        method_settings = {"salun": {**training, **synthesis, **sampler}, "salun-soft": {**training, **synthesis, **sampler},
-                           "esd": {**training, **synthesis, "sample_from": args.sample_from}, "uce": {}}
-        config = CONFIGS[args.method](**common, **method_settings[args.method])
+        settings = {k: getattr(args, k) for k in ("steps", "batch_size") if getattr(args, k) is not None}
+        settings.update(gradient_checkpointing=args.gradient_checkpointing, num_images=args.num_images,
+                        synthesis_steps=args.synthesis_steps, synthesis_batch_size=args.synthesis_batch_size,
+                        synthesis_scheduler=args.synthesis_scheduler, sample_from=args.sample_from)
+        config_class = get_method(args.method).config
+        accepted = {f.name for f in fields(config_class)}  # each method takes the settings it has
+        config = config_class(**common, **{k: v for k, v in settings.items() if k in accepted})
         record = erase(config, show_progress=False).record
     seconds = record["seconds"]
     steps = record.get("steps")
@@ -86,8 +89,8 @@ def main(argv=None) -> dict:
         "seconds": seconds,
         "total_seconds": round(sum(seconds.values()), 3),
         "settings_used": {k: v for k, v in record["hyperparameters"].items() if not isinstance(v, list)},
-        **({"synthesis_images_per_s": round(2 * args.num_images / seconds["data"], 2)}
-           if args.method.startswith("salun") else {}),
+        **({"synthesis_images_per_s": round(sum(record["data"].values()) / seconds["data"], 2)}
+           if "data" in record else {}),
         **({"steps_per_s": round(steps / seconds[trained], 2), "seconds_per_step": round(seconds[trained] / steps, 4)}
            if trained else {}),
         "peak_memory_gib": {k: round(v / 2**30, 3) for k, v in record["peak_memory"]["bytes"].items()},

@@ -32,10 +32,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args(argv)
 
-    from erasure.training import library_versions, peak_rss_bytes
-    from evaluation.generate import GenerationSettings, generate_images
-    from evaluation.prompt_sets import load_prompts
-    from pipelines import build_random_pipeline
+    from sd_erasure.erasure.training import library_versions, peak_rss_bytes
+    from sd_erasure.evaluation.generate import GenerationSettings, generate_images
+    from sd_erasure.evaluation.prompt_sets import load_prompts
+    from sd_erasure.pipelines import build_random_pipeline
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as work:

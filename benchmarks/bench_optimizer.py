@@ -29,9 +29,9 @@ def measure(variant: str, size: str, mask_ratio: float, steps: int) -> dict:
     """Seconds per optimizer step, state bytes and peak memory of one variant, in this process."""
     from diffusers import UNet2DConditionModel
 
-    from erasure.masked_adam import MaskedAdam
-    from erasure.training import peak_rss_bytes
-    from pipelines.random_sd import SIZES
+    from sd_erasure.erasure.masked_adam import MaskedAdam
+    from sd_erasure.erasure.training import peak_rss_bytes
+    from sd_erasure.pipelines.random_sd import SIZES
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with torch.device("meta"):  # shapes only: no memory for a model we do not run
@@ -78,7 +78,7 @@ def main(argv=None) -> dict:
     if args.variant:
         print(json.dumps(measure(args.variant, args.size, args.mask_ratio, args.steps)))
         return {}
-    from erasure.training import library_versions
+    from sd_erasure.erasure.training import library_versions
 
     results = {}
     for variant in VARIANTS:

@@ -20,15 +20,15 @@ import time
 from datetime import datetime, timezone
 
 from benchmarks.bench_erase import RESULTS, device_name
+from sd_erasure import methods
 
-METHODS = ("salun", "salun-soft", "esd", "uce")
 CONCEPTS = ("circle", "red")
 
 
 def erase_in_subprocess(method: str, concept: str, work: str, extra: list[str]) -> tuple[dict, float]:
     output = os.path.join(work, f"{method}-{concept}")
     env = {**os.environ, "SD_ERASURE_CACHE": os.path.join(work, f"cache-{method}-{concept}")}
-    command = [sys.executable, "-m", "erasure.cli", "erase", "--model", "shapes", "--method", method,
+    command = [sys.executable, "-m", "sd_erasure.erasure.cli", "erase", "--model", "shapes", "--method", method,
                "--concept", concept, "--output", output, *extra]
     started = time.perf_counter()
     subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -53,13 +53,14 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    registered = tuple(methods())
+    parser.add_argument("--methods", nargs="+", choices=registered, default=list(registered))
     parser.add_argument("--concepts", nargs="+", default=list(CONCEPTS))
     parser.add_argument("--erase-args", default="", help="extra `sd-erase erase` flags for every run, e.g. '--steps 50'")
     parser.add_argument("--record", action="store_true", help=f"append the rows to {os.path.relpath(RESULTS)}")
     args = parser.parse_args(argv)
 
-    from evaluation.suite import evaluate_shapes
+    from sd_erasure.evaluation.suite import evaluate_shapes
 
     rows = []
     with tempfile.TemporaryDirectory() as work:

@@ -1,18 +1,25 @@
-"""`sd-erase`: a thin command line over the Python API (erasure.methods.erase and friends)."""
+"""`sd-erase`: a thin command line over the Python API.
+
+`sd-erase erase` has one option per field of the registered methods' configs (erasure/methods.py),
+with the help text, choices and group each field declares: a field added to a config is an option
+here with nothing else to edit. Nothing heavy is imported until the input has been checked.
+"""
 
 import argparse
 import json
 import os
 import sys
+from dataclasses import fields
 
-from . import __version__
+from .. import __version__
+from .config import Sampler, default_text, field_type
+from .errors import EraseError
+from .methods import DEFAULT_METHOD
+from .registry import get_method, methods
 
-METHOD_NAMES = ("salun", "salun-soft", "esd", "uce")  # erasure.methods.METHODS, here so --help does not import torch
-SCOPE_NAMES = ("full", "xattn", "noxattn")
-SAMPLER_NAMES = ("ddim", "pndm", "lms", "euler", "dpm")  # erasure.diffusion.SCHEDULERS, likewise
-ESD_TRAIN_METHODS = ("u", "x", "x-strict", "all")
+SAMPLER_NAMES = Sampler.__args__
 # erase options that are not config fields: the CLI itself reads them
-CLI_ONLY = {"command", "run", "erase_parser", "method", "push_to_hub", "hub_model_id", "hub_private", "license"}
+CLI_ONLY = {"command", "run", "method", "push_to_hub", "hub_model_id", "hub_private", "license"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -30,90 +37,78 @@ class RefuseToken(argparse.Action):
                      "process lists; set HF_TOKEN or run `hf auth login` instead")
 
 
+class Once(argparse.Action):
+    """An option that must not be repeated (argparse would silently keep the last value)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if hasattr(namespace, self.dest):
+            hint = " (several concepts in one run are not supported yet)" if self.dest == "concept" else ""
+            parser.error(f"{option_string} is given twice{hint}: give it once")
+        setattr(namespace, self.dest, values)
+
+
 def add_hub_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--license", help="license of the published model (default: the base model's, when its card is on disk)")
     for flag in ("--token", "--hub-token"):
         p.add_argument(flag, action=RefuseToken, help=argparse.SUPPRESS)
 
 
-def _positive_ratio(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{value} is outside (0, 1]: use e.g. 0.5 to update the most salient half")
-    return value
+def option_flag(f) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def config_fields() -> dict:
+    """Every config field of the registered methods: name -> (field, config class, names of the methods that take it)."""
+    found = {}
+    for method in methods().values():
+        for f in fields(method.config):
+            found.setdefault(f.name, (f, method.config, []))[2].append(method.name)
+    return found
+
+
+def flags() -> dict[str, str]:
+    """Config field -> its flag: how the CLI names the fields that library messages name."""
+    return {"method": "--method", **{name: option_flag(f) for name, (f, _, _) in config_fields().items()}}
+
+
+def _per_method(values: dict[str, str]) -> str:
+    """'a' when every method says a; else 'm1, m2: a; m3: b'."""
+    by_value = {}
+    for method, value in values.items():
+        by_value.setdefault(value, []).append(method)
+    if len(by_value) == 1:
+        return next(iter(by_value))
+    return "; ".join(f"{', '.join(owners)}: {value}" for value, owners in by_value.items())
+
+
+def _help(name: str, owners: list[str], every: int) -> str:
+    """The field's help and default (per method where they differ) and, unless every method takes it, which do."""
+    declared = {m: next(g for g in fields(get_method(m).config) if g.name == name) for m in owners}
+    text = _per_method({m: g.metadata.get("help", "") for m, g in declared.items()})
+    defaults = {m: default_text(g) for m, g in declared.items()}
+    if any(defaults.values()):
+        text += f" (default: {_per_method({m: d or 'none' for m, d in defaults.items()})})"
+    return text + (f" [{', '.join(owners)}]" if len(owners) < every else "")
 
 
 def add_erase_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of every method. Defaults live in the config dataclasses (what --help quotes):
-    an option left out is not passed, and an option the chosen method does not read is refused."""
-    p.add_argument("--model", required=True, help="base pipeline: a local diffusers folder, a Hub id (e.g. CompVis/stable-diffusion-v1-4), or 'shapes' for the bundled model")
-    p.add_argument("--revision", help="Hub revision (branch, tag or commit) of --model")
-    p.add_argument("--concept", required=True, help="what to erase, e.g. nudity or 'a cat'; sets default prompts")
-    p.add_argument("--output", dest="output_dir", metavar="OUT", required=True, help="folder to write the erased pipeline to (must not exist, see --overwrite)")
-    p.add_argument("--method", default="salun", choices=METHOD_NAMES,
-                   help="salun (default), salun-soft (soft saliency mask), esd (negative-guidance fine-tuning), uce (closed-form edit)")
-    common = p.add_argument_group("all methods")
-    common.add_argument("--seed", type=int, help="seed of data synthesis, noise and sampling (default: 0)")
-    common.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), help="autocast precision; weights stay fp32 (default: no)")
-    common.add_argument("--cache-dir", help="where synthesized/encoded latents are cached (default: $SD_ERASURE_CACHE or ~/.cache/sd-erasure)")
-    common.add_argument("--overwrite", action="store_true", help="replace an existing --output (only once the new one is complete)")
-    common.add_argument("--allow-pickle", action="store_true", help="load a base model that has only pickled .bin/.ckpt weights (runs code: trusted sources only)")
-    data = p.add_argument_group("forget and retain data (salun, salun-soft; esd: --forget-prompt, --num-images and synthesis)")
-    data.add_argument("--forget-prompt", action="append", dest="forget_prompts", metavar="TEXT",
-                      help="prompt showing the concept (repeatable); default 'a photo of a nude person' for nudity, else 'a photo of CONCEPT' (esd: the concept itself)")
-    data.add_argument("--retain-prompt", action="append", dest="retain_prompts", metavar="TEXT",
-                      help="prompt of the retain set (repeatable); default 'a photo of a person wearing clothes' for nudity, else 'a photo'")
-    data.add_argument("--misaligned-prompt", action="append", dest="misaligned_prompts", metavar="TEXT",
-                      help="prompt c' whose prediction forget images are steered to (repeatable, paired with forget prompts); default: the retain prompts")
-    data.add_argument("--forget-images", metavar="DIR", help="use these images as the forget set (captions from metadata.jsonl or .txt files) instead of synthesizing")
-    data.add_argument("--retain-images", metavar="DIR", help="use these images as the retain set instead of synthesizing")
-    data.add_argument("--num-images", type=int, help="images synthesized for each of the forget and retain sets (default: 800; esd with --sample-from base: trajectories, 64)")
-    data.add_argument("--synthesis-steps", type=int, help="sampler steps when synthesizing (default: 50; the model's own where it recommends one)")
-    data.add_argument("--synthesis-scheduler", choices=SAMPLER_NAMES,
-                      help="salun: sampler for synthesis (default: the pipeline's own); dpm reaches the same quality in fewer steps")
-    data.add_argument("--synthesis-guidance-scale", type=float, help="guidance scale when synthesizing (default: 7.5; esd: 3)")
-    data.add_argument("--synthesis-batch-size", type=int, help="images per synthesis batch (default: 8; the model's own where it recommends one)")
-    data.add_argument("--resolution", type=int, help="image size of the data (default: the model's)")
-    sal = p.add_argument_group("saliency (salun, salun-soft)")
-    sal.add_argument("--mask-ratio", type=_positive_ratio, help="share of the scope's weights to update, in (0, 1] (default: 0.5)")
-    sal.add_argument("--scope", choices=SCOPE_NAMES, help="weights eligible for the mask: full UNet, xattn (cross-attention), noxattn (default: full; xattn for the shapes model)")
-    sal.add_argument("--saliency-guidance-scale", type=float, help="w of the guided forget loss that ranks weights (default: 7.5)")
-    sal.add_argument("--saliency-batch-size", type=int,
-                     help="forget samples per gradient batch (default: 8); the mask depends on it, not on the number of processes")
-    train = p.add_argument_group("training (salun, salun-soft, esd)")
-    train.add_argument("--steps", type=int, help="optimizer steps (default: salun 100, one epoch of 800 images at batch 8; esd 1000)")
-    train.add_argument("--batch-size", type=int, help="samples per step and device (default: salun 8, esd 1)")
-    train.add_argument("--learning-rate", type=float, help="Adam learning rate (default: 1e-5; the shapes model recommends its own)")
-    train.add_argument("--retain-loss-weight", type=float, help="salun: alpha, weight of the retain loss (default: 0.1 for nudity, 0.5 otherwise)")
-    train.add_argument("--misaligned-target", choices=("current", "base"),
-                       help="salun: whose prediction for the misaligned prompt the forget branch is pulled to: the current model "
-                       "(official SalUn code, default) or the frozen base model (steadier; default for the shapes model)")
-    train.add_argument("--gradient-accumulation-steps", type=int, help="micro-batches per optimizer step (default: 1)")
-    train.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory in the UNet")
-    esd = p.add_argument_group("ESD (esd)")
-    esd.add_argument("--train-method", choices=ESD_TRAIN_METHODS,
-                     help="ESD-u: all but cross-attention (nudity, objects; default), x: cross-attention (styles, people), x-strict: attn2 to_k/to_v, all")
-    esd.add_argument("--negative-guidance", type=float, help="eta, how far the concept is pushed away (default: 1)")
-    esd.add_argument("--erase-from", metavar="TEXT", help="erase the concept as an attribute of this prompt (e.g. --concept red --erase-from 'a car')")
-    esd.add_argument("--sample-from", choices=("current", "base"),
-                     help="model whose DDIM trajectories give the training latents: current (paper code, default: resampled each step) "
-                     "or base (frozen model, sampled once and cached: much faster)")
-    uce = p.add_argument_group("UCE (uce)")
-    uce.add_argument("--erase-concept", action="append", dest="erase_concepts", metavar="TEXT", help="concept text to erase (repeatable; default: --concept)")
-    uce.add_argument("--guide-concept", action="append", dest="guide_concepts", metavar="TEXT",
-                     help="what an erased concept should become (repeatable: one for all, or one per --erase-concept; default: '')")
-    uce.add_argument("--preserve-concept", action="append", dest="preserve_concepts", metavar="TEXT", help="concept whose keys and values must not change (repeatable)")
-    uce.add_argument("--erase-scale", type=float, help="weight of the erase terms (default: 1)")
-    uce.add_argument("--preserve-scale", type=float, help="weight of the preserve terms (default: 1)")
-    uce.add_argument("--edit-tokens", choices=("last-word", "to-end"),
-                     help="text positions whose keys/values are edited: the last word token (current official code, default) "
-                     "or it and all after it (paper-era code; needed where the end tokens carry the concept)")
-    uce.add_argument("--regularization", type=float, help="lambda, pull toward the old weights (default: 0.5; 0 can make the solve singular)")
-    run = p.add_argument_group("run control (salun, salun-soft, esd)")
-    run.add_argument("--checkpointing-steps", type=int, help="save a resumable checkpoint every K steps (default: 0, off)")
-    run.add_argument("--checkpoints-total-limit", type=int, help="checkpoints kept while running (default: 2)")
-    run.add_argument("--resume-from-checkpoint", metavar="latest|PATH", help="continue an interrupted run of the same --output")
-    run.add_argument("--report-to", choices=("tensorboard",), help="log losses to OUT/logs")
+    """One option per config field of every registered method. Defaults live in the configs (what
+    --help quotes): an option left out is not passed, and an option the chosen method does not read is refused."""
+    registered = methods()
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=tuple(registered),
+                   help="; ".join(f"{name}: {m.title}" for name, m in registered.items()) + f" (default: {DEFAULT_METHOD})")
+    groups = {}
+    for name, (f, config_class, owners) in config_fields().items():
+        title = f.metadata.get("group", "options")
+        group = groups.get(title) or groups.setdefault(title, p.add_argument_group(title))
+        kind, choices, repeatable = field_type(config_class, name)
+        kwargs = dict(dest=name, help=_help(name, owners, len(registered)))
+        if kind is bool:
+            kwargs["action"] = "store_true"
+        else:
+            kwargs.update(type=kind, action="append" if repeatable else Once, choices=choices,
+                          metavar=f.metadata.get("metavar"), required=name in ("model", "concept"))
+        group.add_argument(option_flag(f), **kwargs)
     hub = p.add_argument_group("publishing (token from HF_TOKEN or `hf auth login`)")
     hub.add_argument("--push-to-hub", action="store_true", help="push the finished output to the Hub (as `sd-erase push` does)")
     hub.add_argument("--hub-model-id", help="repo id to push to, e.g. your-name/sd14-no-nudity")
@@ -121,37 +116,32 @@ def add_erase_arguments(p: argparse.ArgumentParser) -> None:
     add_hub_arguments(hub)
 
 
-def config_from_args(args, parser: argparse.ArgumentParser):
-    """The method's config from the options given; an option of another method is refused."""
-    from dataclasses import fields
-
-    from .errors import EraseError
-    from .methods import CONFIGS
-
+def config_from_args(args):
+    """The method's config from the options given (cheap: no torch); an option of another method is refused."""
+    method = get_method(args.method)
     given = {k: v for k, v in vars(args).items() if k not in CLI_ONLY}
-    accepted = {f.name for f in fields(CONFIGS[args.method])}
     for name in given:
-        if name not in accepted:
-            flag = next(a.option_strings[0] for a in parser._actions if a.dest == name)
-            owners = [m for m, c in CONFIGS.items() if name in {f.name for f in fields(c)}]
-            raise EraseError(f"{flag} is an option of {', '.join(owners)}, not of --method {args.method}: "
-                             f"leave it out or choose --method {owners[0]}")
-    return CONFIGS[args.method](**given)
+        if name not in {f.name for f in fields(method.config)}:
+            owners = config_fields()[name][2]
+            raise EraseError(f"`{name}` is an option of {', '.join(owners)}, not of `method` {method.name}: "
+                             f"leave it out or choose `method` {owners[0]}")
+    return method.config(**given)
 
 
 def cmd_erase(args) -> int:
-    from .methods import erase
+    from .job import erase
 
+    config = config_from_args(args)
+    config.check()
     push_to, private, license = getattr(args, "hub_model_id", None), getattr(args, "hub_private", False), getattr(args, "license", None)
     if getattr(args, "push_to_hub", False):  # fail before hours of work, not after
-        from .errors import EraseError
         from .hub import check_repo_id, require_token
 
         if not push_to:
             raise EraseError("--push-to-hub needs --hub-model-id, e.g. --hub-model-id your-name/sd14-no-nudity")
         check_repo_id(push_to)
         require_token()
-    result = erase(config_from_args(args, args.erase_parser))
+    result = erase(config)
     if getattr(args, "push_to_hub", False):
         from .hub import push
 
@@ -170,9 +160,8 @@ def cmd_push(args) -> int:
 
 
 def cmd_random_pipeline(args) -> int:
-    from pipelines.random_sd import build_random_pipeline
+    from ..pipelines.random_sd import build_random_pipeline
 
-    from .errors import EraseError
     from .model_io import save_stock_pipeline
 
     if os.path.exists(args.output):
@@ -194,15 +183,13 @@ SUITE_DEFAULTS = {  # images per prompt, sampler steps, guidance
 
 
 def cmd_evaluate(args) -> int:
-    from .errors import EraseError
-
     images, steps, guidance = SUITE_DEFAULTS[args.suite]
     images = args.images_per_prompt or images
     steps = args.num_inference_steps or steps
     guidance = guidance if args.guidance_scale is None else args.guidance_scale
     if args.suite == "shapes":
-        from evaluation.metrics import Protocol
-        from evaluation.suite import evaluate_shapes, format_table
+        from ..evaluation.metrics import Protocol
+        from ..evaluation.suite import evaluate_shapes, format_table
 
         if not args.concept:
             raise EraseError("--suite shapes needs --concept: the erased object or colour, e.g. --concept circle")
@@ -211,8 +198,8 @@ def cmd_evaluate(args) -> int:
                                   overwrite=args.overwrite)
         print(format_table(metrics))
     else:
-        from evaluation.generate import GenerationSettings
-        from evaluation.suite import BLURRED_SUITES, evaluate_prompts
+        from ..evaluation.generate import GenerationSettings
+        from ..evaluation.suite import BLURRED_SUITES, evaluate_prompts
 
         settings = GenerationSettings(images_per_prompt=images, num_inference_steps=steps,
                                       guidance_scale=None if args.per_prompt_guidance else guidance,
@@ -232,7 +219,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from evaluation.suite import demo
+    from ..evaluation.suite import demo
 
     demo(args.output, args.concept, overwrite=args.overwrite, method=args.method)
     return 0
@@ -245,11 +232,11 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     erase_parser = sub.add_parser("erase", help="erase a concept and write the erased pipeline",
                                   argument_default=argparse.SUPPRESS,
-                                  description="Erase a concept with SalUn (default), SalUn-soft, ESD or UCE. Writes OUT/ "
-                                  "(a stock StableDiffusionPipeline) and OUT/erasure.json, plus the method's side files "
-                                  "(SalUn: OUT/saliency_mask.safetensors).")
+                                  description="Erase a concept with one of the registered methods (--method). Writes "
+                                  "OUT/ (a stock StableDiffusionPipeline) and OUT/erasure.json, plus the method's side "
+                                  "files (e.g. a saliency mask).")
     add_erase_arguments(erase_parser)
-    erase_parser.set_defaults(run=cmd_erase, erase_parser=erase_parser)
+    erase_parser.set_defaults(run=cmd_erase)
     random_parser = sub.add_parser("random-pipeline", help="write a Stable Diffusion pipeline with random weights (smoke tests, benchmarks)",
                                    description="Write a StableDiffusionPipeline with random weights, built offline: "
                                    "'tiny' runs anywhere in seconds, 'sd15' has the exact SD-1.5 shapes.")
@@ -308,7 +295,8 @@ def build_parser() -> Parser:
                                  "evaluate base and erased model, print the table and write the report.")
     demo_parser.add_argument("--output", default="shapes-demo", help="folder for the erased model and the report (default: shapes-demo)")
     demo_parser.add_argument("--concept", default="circle", help="object or style to erase (default: circle)")
-    demo_parser.add_argument("--method", default="salun", choices=METHOD_NAMES, help="erasure method (default: salun)")
+    demo_parser.add_argument("--method", default=DEFAULT_METHOD, choices=tuple(methods()),
+                             help=f"erasure method (default: {DEFAULT_METHOD})")
     demo_parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     demo_parser.set_defaults(run=cmd_demo)
     return parser
@@ -320,12 +308,12 @@ def main(argv=None) -> int:
     # our one-line messages; a user's own TRANSFORMERS_VERBOSITY / DIFFUSERS_VERBOSITY still wins.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    from .errors import EraseError, TrainingDiverged
+    from .errors import TrainingDiverged
 
     try:
         return args.run(args)
     except EraseError as err:
-        print(f"sd-erase: error: {err}", file=sys.stderr)
+        print(f"sd-erase: error: {err.with_flags(flags())}", file=sys.stderr)
         return 2
     except TrainingDiverged as err:
         print(f"sd-erase: stopped: {err}", file=sys.stderr)

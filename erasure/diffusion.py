@@ -4,12 +4,12 @@ import hashlib
 
 import torch
 import torch.nn.functional as F
-from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, LMSDiscreteScheduler,
-                       PNDMScheduler)
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
 
-# Samplers by the short names the CLI takes; "dpm" (DPM-Solver++ 2M) needs the fewest steps.
-SCHEDULERS = {"ddim": DDIMScheduler, "pndm": PNDMScheduler, "lms": LMSDiscreteScheduler,
-              "euler": EulerDiscreteScheduler, "dpm": DPMSolverMultistepScheduler}
+# Samplers by the short names the CLI takes (erasure.config.Sampler); "dpm" (DPM-Solver++ 2M) needs the
+# fewest steps. LMS is left out: diffusers' LMSDiscreteScheduler needs scipy, which is not a dependency.
+SCHEDULERS = {"ddim": DDIMScheduler, "pndm": PNDMScheduler, "euler": EulerDiscreteScheduler,
+              "dpm": DPMSolverMultistepScheduler}
 
 
 def swapped_scheduler(pipeline, name: str):

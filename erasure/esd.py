@@ -15,33 +15,30 @@ steps at batch 1, η = 1, trajectories sampled by the model being trained (`samp
 `sample_from base` samples with the frozen base model instead (as the authors' diffusers
 rewrite does); its trajectories do not change during training, so `num_images` of them are
 sampled once, cached, and every step draws a point from them: a step then costs one forward
-and backward pass instead of up to 50 sampling steps.
+and backward pass instead of up to 50 sampling steps; `num_images` 64 in batches of 8 is this
+project's choice there (the paper has no such pool). The config imports no torch; the training
+code imports it where the work starts.
 """
 
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Literal
 
-import torch
-from diffusers import DDIMScheduler
-from torch.func import functional_call
-
-from .data import cached_batches, cache_folder, default_cache_dir
-from .diffusion import check_prompt_lengths, encode_prompts, per_sample_mse, seeded_generator, stack_embeddings
+from .config import TrainingConfig, option
 from .errors import EraseError
-from .job import Session, TrainingConfig
-from .model_io import BaseModel
-from .training import fit, frozen_copy
 
+CITATION = """@inproceedings{gandikota2023erasing,
+  title     = {Erasing Concepts from Diffusion Models},
+  author    = {Gandikota, Rohit and Materzy{\'n}ska, Joanna and Fiotto-Kaufman, Jaden and Bau, David},
+  booktitle = {Proceedings of the IEEE/CVF International Conference on Computer Vision},
+  year      = {2023}
+}"""
 TRAIN_METHODS = {
     "u": "every layer but cross-attention, the time embedding and the output layers (global concepts such as nudity)",
     "x": "cross-attention (attn2) only (styles, named people)",
     "x-strict": "the cross-attention key and value projections (attn2 to_k, to_v) only",
     "all": "every UNet parameter",
 }
-SAMPLE_FROM = ("current", "base")
-# u is the paper's choice for nudity and objects; styles and people want x
-OFFICIAL_DEFAULTS = dict(learning_rate=1e-5, negative_guidance=1.0, train_method="u", synthesis_steps=50,
-                         sample_from="current", num_images=64, synthesis_batch_size=8)
+DATA = "forget and retain data"
 
 
 def trains(name: str, train_method: str) -> bool:
@@ -59,60 +56,75 @@ def trains(name: str, train_method: str) -> bool:
 
 @dataclass
 class EsdConfig(TrainingConfig):
-    """ESD's settings; fields left None (or empty) take the base model's recommendation, else
-    OFFICIAL_DEFAULTS; the forget prompt defaults to the concept itself, as in the paper."""
+    """ESD's settings; each field's help says where its default comes from."""
 
-    method: ClassVar[str] = "esd"
-
-    steps: int = 1000
-    batch_size: int = 1
-    forget_prompts: list[str] = field(default_factory=list)  # the prompts of c; default: the concept itself
-    erase_from: str | None = None
-    negative_guidance: float | None = None
-    train_method: str | None = None
-    sample_from: str | None = None
-    num_images: int | None = None  # trajectories sampled up front with `sample_from base`
-    synthesis_steps: int | None = None
-    synthesis_guidance_scale: float = 3.0
-    synthesis_batch_size: int | None = None
-    resolution: int | None = None
+    steps: int = option(1000, help="optimizer steps", group="training")
+    batch_size: int = option(1, help="samples per step and device", group="training")
+    forget_prompts: list[str] = option(
+        default_factory=list, group=DATA, flag="--forget-prompt", metavar="TEXT",
+        help="prompt of the concept c (repeatable); default: the model profile's, else the concept itself")
+    erase_from: str | None = option(None, group="ESD", metavar="TEXT", help="erase the concept as an attribute of "
+                                    "this prompt (e.g. --concept red --erase-from 'a car')")
+    negative_guidance: float | None = option(None, official=1.0, group="ESD",
+                                             help="eta, how far the concept is pushed away")
+    train_method: Literal["u", "x", "x-strict", "all"] | None = option(
+        None, official="u", group="ESD",
+        help="ESD-u: all but cross-attention (nudity, objects), x: cross-attention (styles, people), "
+             "x-strict: attn2 to_k/to_v, all")
+    sample_from: Literal["current", "base"] | None = option(
+        None, official="current", group="ESD",
+        help="model whose DDIM trajectories give the training latents: current (paper code: resampled each step) "
+             "or base (frozen model, sampled once and cached: much faster)")
+    num_images: int | None = option(None, official=64, group=DATA,
+                                    help="trajectories sampled up front with --sample-from base")
+    synthesis_steps: int | None = option(None, official=50, group=DATA, help="DDIM steps of a trajectory")
+    synthesis_guidance_scale: float = option(3.0, group=DATA, help="guidance scale of the trajectories")
+    synthesis_batch_size: int | None = option(None, official=8, group=DATA, help="trajectories per sampling batch")
+    resolution: int | None = option(None, group=DATA, help="image size of the data (default: the model's)")
 
     def check(self) -> None:
         super().check()
-        if self.train_method is not None and self.train_method not in TRAIN_METHODS:
-            raise EraseError(f"unknown ESD train method {self.train_method!r}: choose one of {', '.join(TRAIN_METHODS)}")
-        if self.sample_from is not None and self.sample_from not in SAMPLE_FROM:
-            raise EraseError(f"unknown --sample-from {self.sample_from!r}: choose current or base")
         if self.erase_from is not None and not self.erase_from.strip():
-            raise EraseError("--erase-from is empty: name what should stay (e.g. 'a car' when erasing 'red'), or leave it out")
+            raise EraseError("`erase_from` is empty: name what should stay (e.g. 'a car' when erasing 'red'), "
+                             "or leave it out")
         if not all(p.strip() for p in self.forget_prompts):
-            raise EraseError("--forget-prompt is empty: give the prompt text, or leave the flag out for the concept itself")
+            raise EraseError("`forget_prompts` has an empty prompt: give the prompt text, or leave it out for the "
+                             "concept itself")
         self.require_positive("num_images", "synthesis_steps", "synthesis_batch_size", "resolution")
 
-    def with_defaults(self, base: BaseModel) -> "EsdConfig":
-        return self.fill(base.recommended(self.method, self.concept), OFFICIAL_DEFAULTS,
-                         {"forget_prompts": [self.concept.strip()]})
+    def concept_defaults(self) -> dict:
+        return {"forget_prompts": [self.concept.strip()]}
 
     def check_with_pipeline(self, pipeline) -> None:
+        from .diffusion import check_prompt_lengths
+
         check_prompt_lengths(pipeline.tokenizer, self.forget_prompts + [self.erase_from or ""], "ESD prompt")
 
 
-@torch.no_grad()
 def ddim_trajectory(predict, scheduler, latents, cond, uncond, guidance_scale: float, stop: int, keep_all: bool = False):
     """Run `stop` guided DDIM steps from `latents`; the latent reached (or all latents before each step)."""
+    import torch
+
     visited = []
-    for t in scheduler.timesteps[:stop]:
-        visited.append(latents)
-        batch = latents.shape[0]
-        timesteps = t.repeat(2 * batch).to(latents.device)
-        conditional, unconditional = predict(torch.cat([latents, latents]), timesteps, torch.cat([cond, uncond])).chunk(2)
-        guided = unconditional + guidance_scale * (conditional - unconditional)
-        latents = scheduler.step(guided.float(), t, latents).prev_sample
+    with torch.no_grad():
+        for t in scheduler.timesteps[:stop]:
+            visited.append(latents)
+            batch = latents.shape[0]
+            timesteps = t.repeat(2 * batch).to(latents.device)
+            conditional, unconditional = predict(torch.cat([latents, latents]), timesteps,
+                                                 torch.cat([cond, uncond])).chunk(2)
+            guided = unconditional + guidance_scale * (conditional - unconditional)
+            latents = scheduler.step(guided.float(), t, latents).prev_sample
     return torch.stack(visited, 1) if keep_all else latents
 
 
-def _base_trajectories(pipeline, config: EsdConfig, scheduler, embeddings, latent_shape, session: Session) -> torch.Tensor:
-    """`num_images` full trajectories of the frozen base model, (N, steps, C, h, w), cached on disk."""
+def _base_trajectories(pipeline, config: EsdConfig, scheduler, embeddings, latent_shape, session):
+    """`num_images` full trajectories of the frozen base model, (N, steps, C, h, w), cached on disk, and their prompts."""
+    import torch
+
+    from .data import cache_folder, cached_batches, default_cache_dir
+    from .diffusion import seeded_generator, stack_embeddings
+
     prompts = [config.erase_from] if config.erase_from else config.forget_prompts
     key = dict(model=session.model_key, prompts=prompts, num_images=config.num_images, seed=config.seed,
                steps=config.synthesis_steps, guidance_scale=config.synthesis_guidance_scale, shape=list(latent_shape),
@@ -136,7 +148,14 @@ def _base_trajectories(pipeline, config: EsdConfig, scheduler, embeddings, laten
         return cached_batches(folder, batches, sample, "sampling base trajectories", session.show_progress), captions
 
 
-def erase_pipeline(pipeline, config: EsdConfig, session: Session) -> tuple[dict, dict]:
+def erase_pipeline(pipeline, config: EsdConfig, session) -> tuple[dict, dict]:
+    import torch
+    from diffusers import DDIMScheduler
+    from torch.func import functional_call
+
+    from .diffusion import encode_prompts, per_sample_mse, seeded_generator, stack_embeddings
+    from .training import fit, frozen_copy
+
     accelerator, timer = session.accelerator, session.timer
     device = accelerator.device
     unet = pipeline.unet

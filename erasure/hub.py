@@ -10,11 +10,12 @@ import os
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from hub_cards import MODEL_CARD_TEMPLATE
+from ..hub_cards import MODEL_CARD_TEMPLATE
 
-from . import __version__
+from .. import __version__
 from .errors import EraseError
-from .model_io import WORLD_MARKER
+from .profile import ModelProfile
+from .registry import methods
 
 # Checkpoints, logs and caches of a run are not part of the published model.
 IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/*", "logs/*", "logs/**", "*.incomplete", "*.incomplete/*",
@@ -28,29 +29,6 @@ cc-by-nc-nd-3.0 cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 
 cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 agpl-3.0 gfdl gpl gpl-2.0 gpl-3.0 lgpl lgpl-2.1
 lgpl-3.0 isc lppl-1.3c ms-pl apple-ascl mpl-2.0 odc-by odbl osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr
 deepfloyd-if-license llama2 llama3 llama3.1 llama3.2 llama3.3 gemma unknown other""".split())
-CITATIONS = {
-    "salun": """@inproceedings{fan2024salun,
-  title     = {SalUn: Empowering Machine Unlearning via Gradient-based Weight Saliency in Both Image Classification and Generation},
-  author    = {Fan, Chongyu and Liu, Jiancheng and Zhang, Yihua and Wong, Eric and Wei, Dennis and Liu, Sijia},
-  booktitle = {International Conference on Learning Representations},
-  year      = {2024}
-}""",
-    "esd": """@inproceedings{gandikota2023erasing,
-  title     = {Erasing Concepts from Diffusion Models},
-  author    = {Gandikota, Rohit and Materzy{\'n}ska, Joanna and Fiotto-Kaufman, Jaden and Bau, David},
-  booktitle = {Proceedings of the IEEE/CVF International Conference on Computer Vision},
-  year      = {2023}
-}""",
-    "uce": """@inproceedings{gandikota2024unified,
-  title     = {Unified Concept Editing in Diffusion Models},
-  author    = {Gandikota, Rohit and Orgad, Hadas and Belinkov, Yonatan and Materzy{\'n}ska, Joanna and Bau, David},
-  booktitle = {Proceedings of the IEEE/CVF Winter Conference on Applications of Computer Vision},
-  year      = {2024}
-}""",
-}
-CITATIONS["salun-soft"] = CITATIONS["salun"]
-METHOD_TITLES = {"salun": "SalUn (saliency-masked unlearning)", "salun-soft": "SalUn-soft (soft saliency mask)",
-                 "esd": "ESD (erasing concepts by negative guidance)", "uce": "UCE (unified concept editing, closed form)"}
 COMPONENT_NAMES = {"unet": "UNet", "text_encoder": "text encoder", "vae": "VAE"}
 METRIC_ROWS = (("UA", "UA", "unlearning accuracy"), ("IRA", "IRA", "in-domain retain accuracy"),
                ("CRA", "CRA", "cross-domain retain accuracy"), ("FID", "FID vs base", "FID vs base model"))
@@ -126,7 +104,8 @@ def build_model_card(folder: str, repo_id: str, license: str | None = None, metr
         with open(metrics_file) as f:
             metrics = json.load(f)
     base_id, method = record["base_model"]["id"], record["method"]
-    world = os.path.isfile(os.path.join(folder, WORLD_MARKER))
+    registered = methods().get(method)  # a method registered by a plugin that is not loaded: its name only
+    profile = ModelProfile.load(folder)
     eval_results = None
     if metrics:
         dataset = f"{metrics['suite']} suite of sd-erasure"
@@ -138,13 +117,13 @@ def build_model_card(folder: str, repo_id: str, license: str | None = None, metr
         license=license, library_name="diffusers", pipeline_tag="text-to-image",
         base_model=base_id if _is_hub_id(base_id) else None,  # the Hub rejects a local path here
         tags=["stable-diffusion", "diffusers", "text-to-image", "concept-erasure", "machine-unlearning", method]
-        + (["shapes-world"] if world else []),
+        + (profile.tags if profile else []),
         model_name=repo_id.split("/")[-1], eval_results=eval_results,
         erased_concepts=[record["concept"]], erasure_method=method,
     )
     card = ModelCard.from_template(
         card_data, template_path=MODEL_CARD_TEMPLATE, package_version=__version__, repo_id=repo_id,
-        model_name=repo_id.split("/")[-1], concept=record["concept"], method_title=METHOD_TITLES.get(method, method),
+        model_name=repo_id.split("/")[-1], concept=record["concept"], method_title=registered.title if registered else method,
         base_model_id=base_id, base_model_link=f"https://huggingface.co/{base_id}" if _is_hub_id(base_id) else None,
         base_revision=record["base_model"].get("revision"), prompts=record["prompts"], summary=record["summary"],
         changes=describe_changes(record.get("changed", {})), example_prompt=_example_prompt(record),
@@ -152,7 +131,7 @@ def build_model_card(folder: str, repo_id: str, license: str | None = None, metr
                  for key, label, _ in METRIC_ROWS] if metrics else None,
         metrics_protocol=", ".join(f"{k} {v}" for k, v in metrics["protocol"].items()) + f" ({metrics['suite']} suite)"
         if metrics else None,
-        robustness_link=None, citation=CITATIONS.get(method, ""),
+        robustness_link=None, citation=registered.citation if registered else "",
     )
     check_card_yaml(card)
     return card

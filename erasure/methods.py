@@ -1,23 +1,20 @@
-"""The erasure methods behind one interface (erasure/job.py): a config dataclass and
-`erase_pipeline(pipeline, config, session)` per method, each in its own file.
+"""The built-in erasure methods: one registration each (see erasure/registry.py).
 
-Adding a method means adding its file beside salun.py and one line here.
+Adding a method means adding its file beside salun.py (its config dataclass, its
+`erase_pipeline`, a docstring saying where every default comes from) and one line here.
 """
 
-from . import esd, salun, salun_soft, uce
-from .job import erase_in_memory, run
+from . import esd, salun, uce
+from .registry import register
+from .salun_soft import SalUnSoftConfig
 
-METHODS = {"salun": salun, "salun-soft": salun_soft, "esd": esd, "uce": uce}
-CONFIGS = {"salun": salun.SalUnConfig, "salun-soft": salun_soft.SalUnSoftConfig, "esd": esd.EsdConfig,
-           "uce": uce.UceConfig}
+DEFAULT_METHOD = "salun"  # what `sd-erase erase`, `sd-erase demo` and `.erase()` use without --method
 
-
-def erase(config, step_callback=None, show_progress=True):
-    """Run the method that `config` belongs to and write its output folder; returns an EraseResult."""
-    return run(METHODS[config.method], config, step_callback=step_callback, show_progress=show_progress)
-
-
-def erase_pipeline(pipeline, config, step_callback=None, show_progress=True):
-    """Run the method that `config` belongs to on a pipeline in memory; returns an EraseResult (no output_dir)."""
-    return erase_in_memory(METHODS[config.method], pipeline, config, step_callback=step_callback,
-                           show_progress=show_progress)
+register("salun", salun.SalUnConfig, "sd_erasure.erasure.salun:erase_pipeline",
+         title="SalUn (saliency-masked unlearning)", citation=salun.CITATION)
+register("salun-soft", SalUnSoftConfig, "sd_erasure.erasure.salun:erase_pipeline",
+         title="SalUn-soft (soft saliency mask)", citation=salun.CITATION)
+register("esd", esd.EsdConfig, "sd_erasure.erasure.esd:erase_pipeline",
+         title="ESD (erasing concepts by negative guidance)", citation=esd.CITATION)
+register("uce", uce.UceConfig, "sd_erasure.erasure.uce:erase_pipeline",
+         title="UCE (unified concept editing, closed form)", citation=uce.CITATION)

@@ -7,99 +7,123 @@
    weight stays bit-identical and holds no optimizer state.
 
 Defaults follow the official code (OPTML-Group/Unlearn-Saliency, SD/): w = 7.5, ratio 0.5,
-Adam lr 1e-5, batch 8, 100 steps (one epoch of 800 images), α = 0.1 for nudity, 0.5 class-wise.
+Adam lr 1e-5, batch 8, 100 steps (one epoch of 800 images), 800 images synthesized with 50
+steps at guidance 7.5, α = 0.1 for nudity and 0.5 class-wise, the whole UNet as scope, the
+misaligned target from the current model. The prompts follow its two protocols
+(erasure/prompts.py). A model profile may recommend its own values (each field says which).
+
+The config is importable without torch (the CLI builds and checks it first); torch, diffusers
+and the shared primitives are imported where the work starts.
 """
 
 import os
-from dataclasses import dataclass, field, replace
-from typing import Callable, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Literal
 
-import torch
-from diffusers import DDPMScheduler
-from torch.func import functional_call
-from tqdm.auto import tqdm
-
-from .data import LatentSet, default_cache_dir, encode_image_folder, read_image_folder, synthesize_latents
-from .diffusion import SCHEDULERS, encode_prompts, epoch_indices, noise_batch, per_sample_mse, prediction_target, stack_embeddings
+from .config import Sampler, TrainingConfig, option
 from .errors import EraseError
-from .job import Session, TrainingConfig
-from .masked_adam import MaskedAdam
-from .model_io import BaseModel
-from .prompts import concept_prompts
-from .saliency import SCOPES, full_mask, in_scope, load_mask, mask_densities, saliency_mask_from_scores, save_mask
-from .training import fit, frozen_copy
+from .prompts import preset_prompts
 
+if TYPE_CHECKING:
+    from .data import LatentSet
+
+CITATION = """@inproceedings{fan2024salun,
+  title     = {SalUn: Empowering Machine Unlearning via Gradient-based Weight Saliency in Both Image Classification and Generation},
+  author    = {Fan, Chongyu and Liu, Jiancheng and Zhang, Yihua and Wong, Eric and Wei, Dennis and Liu, Sijia},
+  booktitle = {International Conference on Learning Representations},
+  year      = {2024}
+}"""
 RETAIN_LOSS_WEIGHT = {"nudity": 0.1, "class-wise": 0.5}
-
-
-# The official code's settings, used where a field is None and the base model recommends nothing.
-OFFICIAL_DEFAULTS = dict(scope="full", learning_rate=1e-5, misaligned_target="current", synthesis_steps=50,
-                         synthesis_batch_size=8)
-MISALIGNED_TARGETS = ("current", "base")
+DATA, SALIENCY = "forget and retain data", "saliency"
 
 
 @dataclass
 class SalUnConfig(TrainingConfig):
-    """SalUn's settings. Empty prompt lists mean "the defaults for this concept" (erasure.prompts).
-    Fields left None take the base model's recommended value (the bundled shapes model has its
-    own, see evaluation.shapes.RECOMMENDED), else the official SalUn code's (OFFICIAL_DEFAULTS,
-    RETAIN_LOSS_WEIGHT)."""
-
-    method: ClassVar[str] = "salun"
+    """SalUn's settings; each field's help says where its default comes from."""
 
     # data
-    forget_prompts: list[str] = field(default_factory=list)
-    retain_prompts: list[str] = field(default_factory=list)
-    misaligned_prompts: list[str] = field(default_factory=list)
-    forget_images: str | None = None
-    retain_images: str | None = None
-    num_images: int = 800
-    synthesis_steps: int | None = None
-    synthesis_scheduler: str | None = None  # None: the pipeline's own sampler
-    synthesis_guidance_scale: float = 7.5
-    synthesis_batch_size: int | None = None
-    resolution: int | None = None
+    forget_prompts: list[str] = option(
+        default_factory=list, group=DATA, flag="--forget-prompt", metavar="TEXT",
+        help="prompt showing the concept (repeatable); default: the model profile's, else 'a photo of a nude person' "
+             "for nudity and 'a photo of CONCEPT' otherwise")
+    retain_prompts: list[str] = option(
+        default_factory=list, group=DATA, flag="--retain-prompt", metavar="TEXT",
+        help="prompt of the retain set (repeatable); default: the model profile's, else 'a photo of a person "
+             "wearing clothes' for nudity and 'a photo' otherwise")
+    misaligned_prompts: list[str] = option(
+        default_factory=list, group=DATA, flag="--misaligned-prompt", metavar="TEXT",
+        help="prompt c' whose prediction forget images are steered to (repeatable, paired with forget prompts); "
+             "default: the retain prompts (or the model profile's, when you give no retain prompts)")
+    forget_images: str | None = option(None, group=DATA, metavar="DIR", help="use these images as the forget set "
+                                       "(captions from metadata.jsonl or .txt files) instead of synthesizing")
+    retain_images: str | None = option(None, group=DATA, metavar="DIR",
+                                       help="use these images as the retain set instead of synthesizing")
+    num_images: int = option(800, group=DATA, help="images synthesized for each of the forget and retain sets")
+    synthesis_steps: int | None = option(None, official=50, group=DATA, help="sampler steps when synthesizing")
+    synthesis_scheduler: Sampler | None = option(None, group=DATA, help="sampler for synthesis (default: the "
+                                                 "pipeline's own); dpm reaches the same quality in fewer steps")
+    synthesis_guidance_scale: float = option(7.5, group=DATA, help="guidance scale when synthesizing")
+    synthesis_batch_size: int | None = option(None, official=8, group=DATA, help="images per synthesis batch")
+    resolution: int | None = option(None, group=DATA, help="image size of the data (default: the model's)")
     # saliency
-    mask_ratio: float = 0.5
-    scope: str | None = None
-    saliency_guidance_scale: float = 7.5
-    saliency_batch_size: int = 8
+    mask_ratio: float = option(0.5, group=SALIENCY, help="share of the scope's weights to update, in (0, 1]")
+    scope: Literal["full", "xattn", "noxattn"] | None = option(
+        None, official="full", group=SALIENCY,
+        help="weights eligible for the mask: full UNet, xattn (cross-attention), noxattn")
+    saliency_guidance_scale: float = option(7.5, group=SALIENCY, help="w of the guided forget loss that ranks weights")
+    saliency_batch_size: int = option(8, group=SALIENCY, help="forget samples per gradient batch; the mask depends "
+                                                              "on it, not on the number of processes")
     # unlearning (steps, batch size, learning rate: TrainingConfig)
-    retain_loss_weight: float | None = None
-    # whose prediction for the misaligned prompt is the forget target: "current" model (official code) or frozen "base"
-    misaligned_target: str | None = None
+    retain_loss_weight: float | None = option(None, group="training", help="alpha, weight of the retain loss "
+                                              "(default: the model profile's, else 0.1 for nudity, 0.5 otherwise)")
+    misaligned_target: Literal["current", "base"] | None = option(
+        None, official="current", group="training",
+        help="whose prediction for the misaligned prompt the forget branch is pulled to: the current model "
+             "(official code) or the frozen base model (steadier)")
 
     def check(self) -> None:
         super().check()
         if not 0 < self.mask_ratio <= 1:
-            raise EraseError(f"mask ratio {self.mask_ratio} is outside (0, 1]: use e.g. 0.5 to update the most salient half")
-        if self.scope is not None and self.scope not in SCOPES:
-            raise EraseError(f"unknown scope {self.scope!r}: choose one of {', '.join(SCOPES)}")
-        if self.synthesis_scheduler is not None and self.synthesis_scheduler not in SCHEDULERS:
-            raise EraseError(f"unknown synthesis scheduler {self.synthesis_scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
-        if self.misaligned_target is not None and self.misaligned_target not in MISALIGNED_TARGETS:
-            raise EraseError(f"unknown misaligned target {self.misaligned_target!r}: choose current or base")
-        self.require_positive("num_images", "synthesis_steps", "synthesis_batch_size", "resolution", "saliency_batch_size")
+            raise EraseError(f"`mask_ratio` {self.mask_ratio} is outside (0, 1]: use e.g. 0.5 to update the most "
+                             "salient half")
+        for name in ("forget_prompts", "retain_prompts", "misaligned_prompts"):
+            if not all(p.strip() for p in getattr(self, name)):
+                raise EraseError(f"`{name}` has an empty prompt: give the prompt text, or leave it out for the default")
+        self.require_positive("num_images", "synthesis_steps", "synthesis_batch_size", "resolution",
+                              "saliency_batch_size")
 
-    def with_defaults(self, base: BaseModel) -> "SalUnConfig":
-        prompts = concept_prompts(self.concept, self.forget_prompts, self.retain_prompts, self.misaligned_prompts,
-                                  world=base.world)
-        explicit = replace(self, forget_prompts=prompts.forget, retain_prompts=prompts.retain,
-                           misaligned_prompts=prompts.misaligned)
-        return explicit.fill(base.recommended(self.method, self.concept), OFFICIAL_DEFAULTS,
-                             {"retain_loss_weight": RETAIN_LOSS_WEIGHT[prompts.preset]})
+    def with_defaults(self, profile: dict):
+        if self.retain_prompts and not self.misaligned_prompts:  # steer forget images to what your retain set shows
+            profile = {k: v for k, v in profile.items() if k != "misaligned_prompts"}
+        return super().with_defaults(profile)
+
+    def concept_defaults(self) -> dict:
+        preset = preset_prompts(self.concept)
+        retain = self.retain_prompts or preset.retain
+        return {"forget_prompts": preset.forget, "retain_prompts": retain, "misaligned_prompts": retain,
+                "retain_loss_weight": RETAIN_LOSS_WEIGHT[preset.kind]}
 
     def check_inputs(self) -> None:
+        from .data import read_image_folder
+
         for folder, texts in ((self.forget_images, self.forget_prompts), (self.retain_images, self.retain_prompts)):
             if folder:
                 read_image_folder(folder, texts[0])  # fail on a bad folder before any work
 
-    def saliency_mask(self, gradients: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def check_with_pipeline(self, pipeline) -> None:
+        from .diffusion import check_prompt_lengths
+
+        check_prompt_lengths(pipeline.tokenizer, self.forget_prompts + self.retain_prompts + self.misaligned_prompts,
+                             "SalUn prompt")
+
+    def saliency_mask(self, gradients: dict) -> dict:
         """SalUn's hard mask: the top `mask_ratio` of |gradient| may change, nothing else."""
+        from .saliency import saliency_mask_from_scores
+
         return saliency_mask_from_scores(gradients, self.mask_ratio)
 
 
-def compute_saliency(pipeline, forget: LatentSet, config: SalUnConfig, accelerator, show_progress=True):
+def compute_saliency(pipeline, forget: "LatentSet", config: SalUnConfig, accelerator, show_progress=True):
     """The saliency mask over all UNet parameters (config.saliency_mask inside the scope, zero outside).
 
     The same mask whatever the number of processes: the forget set is cut into the same batches of
@@ -107,6 +131,13 @@ def compute_saliency(pipeline, forget: LatentSet, config: SalUnConfig, accelerat
     float64, where adding float32 values is exact, so neither the split nor the order of addition
     changes a bit.
     """
+    import torch
+    from diffusers import DDPMScheduler
+    from tqdm.auto import tqdm
+
+    from .diffusion import encode_prompts, noise_batch, per_sample_mse, prediction_target, stack_embeddings
+    from .saliency import full_mask, in_scope
+
     unet, device = pipeline.unet, accelerator.device
     scoped = {n: p for n, p in unet.named_parameters() if in_scope(n, config.scope)}
     for name, param in unet.named_parameters():
@@ -154,7 +185,7 @@ def compute_saliency(pipeline, forget: LatentSet, config: SalUnConfig, accelerat
     return full_mask([(n, p.shape) for n, p in unet.named_parameters()], scope_masks)
 
 
-def unlearn(pipeline, forget: LatentSet, retain: LatentSet, saliency_mask, config: SalUnConfig, accelerator,
+def unlearn(pipeline, forget: "LatentSet", retain: "LatentSet", saliency_mask, config: SalUnConfig, accelerator,
             checkpoint_dir: str | None = None, step_callback: Callable[[int, dict], None] | None = None,
             show_progress=True) -> tuple[dict, int, dict]:
     """Masked fine-tuning of pipeline.unet in place; returns the last step's losses, the step it resumed
@@ -163,6 +194,14 @@ def unlearn(pipeline, forget: LatentSet, retain: LatentSet, saliency_mask, confi
     Only entries the mask allows move, and only they get optimizer state (MaskedAdam); a soft
     mask (floats in [0, 1]) scales each entry's update.
     """
+    import torch
+    from diffusers import DDPMScheduler
+    from torch.func import functional_call
+
+    from .diffusion import encode_prompts, epoch_indices, noise_batch, per_sample_mse, prediction_target, stack_embeddings
+    from .masked_adam import MaskedAdam
+    from .training import fit, frozen_copy
+
     unet, device = pipeline.unet, accelerator.device
     alpha = config.retain_loss_weight
     noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
@@ -235,8 +274,10 @@ def unlearn(pipeline, forget: LatentSet, retain: LatentSet, saliency_mask, confi
     return logs, resumed_from, state
 
 
-def build_sets(pipeline, config: SalUnConfig, accelerator, model_key: str, show_progress=True) -> tuple[LatentSet, LatentSet]:
-    """The forget and retain latents: encoded image folders, or synthesized by the pipeline itself."""
+def build_sets(pipeline, config: SalUnConfig, accelerator, model_key: str, show_progress=True):
+    """The forget and retain latents (two LatentSets): encoded image folders, or synthesized by the pipeline itself."""
+    from .data import default_cache_dir, encode_image_folder, synthesize_latents
+
     resolution = config.resolution or pipeline.unet.config.sample_size * pipeline.vae_scale_factor
     pipeline.to(accelerator.device)
     cache_dir = config.cache_dir or default_cache_dir()
@@ -257,8 +298,10 @@ def build_sets(pipeline, config: SalUnConfig, accelerator, model_key: str, show_
     return sets[0], sets[1]
 
 
-def erase_pipeline(pipeline, config: SalUnConfig, session: Session) -> tuple[dict, dict]:
+def erase_pipeline(pipeline, config: SalUnConfig, session) -> tuple[dict, dict]:
     """Data, saliency mask, masked unlearning of `pipeline.unet`; the mask goes to saliency_mask.safetensors."""
+    from .saliency import load_mask, mask_densities, save_mask
+
     accelerator, timer = session.accelerator, session.timer
     with timer.phase("data"):
         forget, retain = build_sets(pipeline, config, accelerator, session.model_key, session.show_progress)
@@ -304,4 +347,6 @@ def erase_pipeline(pipeline, config: SalUnConfig, session: Session) -> tuple[dic
 
 
 def _mask_kind(mask) -> str:
+    import torch
+
     return "hard 0/1 mask" if all(m.dtype == torch.bool for m in mask.values()) else "soft mask (weights in [0, 1])"

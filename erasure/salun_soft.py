@@ -9,22 +9,15 @@ which is the property the paper credits for SalUn's advantage.
 """
 
 from dataclasses import dataclass
-from typing import ClassVar
 
-import torch
-
-from . import salun
-from .saliency import soft_saliency_mask_from_scores
+from .salun import SalUnConfig
 
 
 @dataclass
-class SalUnSoftConfig(salun.SalUnConfig):
+class SalUnSoftConfig(SalUnConfig):
     """SalUn's settings; `mask_ratio` sets where the soft mask reaches weight 1."""
 
-    method: ClassVar[str] = "salun-soft"
+    def saliency_mask(self, gradients: dict) -> dict:
+        from .saliency import soft_saliency_mask_from_scores
 
-    def saliency_mask(self, gradients: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return soft_saliency_mask_from_scores(gradients, self.mask_ratio)
-
-
-erase_pipeline = salun.erase_pipeline

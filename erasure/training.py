@@ -68,7 +68,7 @@ def library_versions() -> dict:
     import diffusers
     import transformers
 
-    from . import __version__
+    from .. import __version__
 
     return {"sd-erasure": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
             "transformers": transformers.__version__, "accelerate": accelerate.__version__,

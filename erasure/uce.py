@@ -16,18 +16,19 @@ layer, so one D×D solve (float64, D = 768 for SD 1.x) serves all 32 projections
 Defaults follow the official code: λ = 0.5, scales 1, guide '' (the empty prompt), no preserve set.
 """
 
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Literal
 
-import torch
+from .config import EraseConfig, option
+from .errors import EraseError, shorten
 
-from .diffusion import check_prompt_lengths
-from .errors import EraseError
-from .job import EraseConfig, Session
-from .model_io import BaseModel
-
-OFFICIAL_DEFAULTS = dict(guide_concepts=[""], edit_tokens="last-word")
-EDIT_TOKENS = ("last-word", "to-end")
+CITATION = """@inproceedings{gandikota2024unified,
+  title     = {Unified Concept Editing in Diffusion Models},
+  author    = {Gandikota, Rohit and Orgad, Hadas and Belinkov, Yonatan and Materzy{\'n}ska, Joanna and Bau, David},
+  booktitle = {Proceedings of the IEEE/CVF Winter Conference on Applications of Computer Vision},
+  year      = {2024}
+}"""
+UCE = "UCE"
 
 
 def edited(name: str) -> bool:
@@ -37,62 +38,76 @@ def edited(name: str) -> bool:
 
 @dataclass
 class UceConfig(EraseConfig):
-    """UCE's settings. Empty concept lists take the base model's recommendation, else the official
-    defaults: erase the concept itself, guide it to '' (one guide for all, or one per erase concept)."""
+    """UCE's settings; each field's help says where its default comes from."""
 
-    method: ClassVar[str] = "uce"
-
-    erase_concepts: list[str] = field(default_factory=list)
-    guide_concepts: list[str] = field(default_factory=list)
-    preserve_concepts: list[str] = field(default_factory=list)
-    erase_scale: float = 1.0
-    preserve_scale: float = 1.0
-    regularization: float = 0.5  # λ
-    edit_tokens: str | None = None
+    erase_concepts: list[str] = option(default_factory=list, group=UCE, flag="--erase-concept", metavar="TEXT",
+                                       help="concept text to erase (repeatable); default: the model profile's, "
+                                            "else the concept itself")
+    guide_concepts: list[str] = option(default_factory=list, official=[""], group=UCE, flag="--guide-concept",
+                                       metavar="TEXT", help="what an erased concept should become (repeatable: one "
+                                                            "for all, or one per erase concept)")
+    preserve_concepts: list[str] = option(default_factory=list, group=UCE, flag="--preserve-concept", metavar="TEXT",
+                                          help="concept whose keys and values must not change (repeatable; default: "
+                                               "the model profile's, else none)")
+    erase_scale: float = option(1.0, group=UCE, help="weight of the erase terms")
+    preserve_scale: float = option(1.0, group=UCE, help="weight of the preserve terms")
+    regularization: float = option(0.5, group=UCE, help="lambda, pull toward the old weights (0 can make the "
+                                                        "solve singular)")
+    edit_tokens: Literal["last-word", "to-end"] | None = option(
+        None, official="last-word", group=UCE,
+        help="text positions whose keys/values are edited: the last word token (current official code) or it and "
+             "all after it (paper-era code; needed where the end tokens carry the concept)")
 
     def check(self) -> None:
         super().check()
         self.require_positive("erase_scale")
         for name in ("preserve_scale", "regularization"):
             if getattr(self, name) < 0:
-                raise EraseError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+                raise EraseError(f"`{name}` must be 0 or more, got {getattr(self, name)}")
         if not all(c.strip() for c in self.erase_concepts + self.preserve_concepts):
-            raise EraseError("an --erase-concept or --preserve-concept is empty: give its text (only a guide may be '')")
+            raise EraseError("an `erase_concepts` or `preserve_concepts` entry is empty: give its text "
+                             "(only a guide may be '')")
         if self.erase_concepts and len(self.guide_concepts) not in (0, 1, len(self.erase_concepts)):
-            raise EraseError(f"{len(self.guide_concepts)} guide concepts for {len(self.erase_concepts)} erase concepts: "
-                             "give one guide for all, or one per erase concept in the same order")
-        if self.edit_tokens is not None and self.edit_tokens not in EDIT_TOKENS:
-            raise EraseError(f"unknown --edit-tokens {self.edit_tokens!r}: choose last-word or to-end")
+            raise EraseError(f"`guide_concepts` has {len(self.guide_concepts)} entries for {len(self.erase_concepts)} "
+                             "`erase_concepts`: give one guide for all, or one per erase concept in the same order")
         both = sorted(set(self.erase_concepts) & set(self.preserve_concepts))
         if both:
-            raise EraseError(f"{both[0]!r} is both erased and preserved: remove it from --preserve-concept")
+            raise EraseError(f"{shorten(both[0])} is both erased and preserved: remove it from `preserve_concepts`")
 
-    def with_defaults(self, base: BaseModel) -> "UceConfig":
-        config = self.fill(base.recommended(self.method, self.concept), OFFICIAL_DEFAULTS,
-                           {"erase_concepts": [self.concept.strip()]})
-        if len(config.guide_concepts) == 1:
+    def concept_defaults(self) -> dict:
+        return {"erase_concepts": [self.concept.strip()]}
+
+    def with_defaults(self, profile: dict):
+        config, sources = super().with_defaults(profile)
+        if len(config.guide_concepts) == 1:  # one guide for every erased concept
             config.guide_concepts = config.guide_concepts * len(config.erase_concepts)
-        return config
+        return config, sources
 
     def check_with_pipeline(self, pipeline) -> None:
+        from .diffusion import check_prompt_lengths
+
         check_prompt_lengths(pipeline.tokenizer, self.erase_concepts + self.guide_concepts + self.preserve_concepts,
                              "UCE concept")
 
 
-@torch.no_grad()
-def concept_embeddings(pipeline, texts: list[str], device, to_end: bool) -> dict[str, torch.Tensor]:
+def concept_embeddings(pipeline, texts: list[str], device, to_end: bool) -> dict:
     """Text-encoder outputs (n, D) of each text: at its last word token (the start token for ''),
     or from there to the last position."""
+    import torch
+
     unique = list(dict.fromkeys(texts))
     tokens = pipeline.tokenizer(unique, padding="max_length", max_length=pipeline.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
-    hidden = pipeline.text_encoder.to(device)(tokens.input_ids.to(device))[0].double().cpu()
+    with torch.no_grad():
+        hidden = pipeline.text_encoder.to(device)(tokens.input_ids.to(device))[0].double().cpu()
     last = tokens.attention_mask.sum(1) - 2  # the real tokens minus the end token, 0-based
     return {text: hidden[i, last[i]:] if to_end else hidden[i, last[i]][None] for i, text in enumerate(unique)}
 
 
-def edit_matrix(config: UceConfig, embeddings: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float]:
+def edit_matrix(config: UceConfig, embeddings: dict) -> tuple:
     """K = M·B⁻¹ (float64), so that every edited W becomes W·K; and the condition number of B."""
+    import torch
+
     dim = next(iter(embeddings.values())).shape[1]
     B = config.regularization * torch.eye(dim, dtype=torch.float64)
     M = B.clone()
@@ -115,7 +130,9 @@ def edit_matrix(config: UceConfig, embeddings: dict[str, torch.Tensor]) -> tuple
     return torch.linalg.solve(B, M.T).T, condition  # B is symmetric: M·B⁻¹ = (B⁻¹·Mᵀ)ᵀ
 
 
-def erase_pipeline(pipeline, config: UceConfig, session: Session) -> tuple[dict, dict]:
+def erase_pipeline(pipeline, config: UceConfig, session) -> tuple[dict, dict]:
+    import torch
+
     device = session.accelerator.device
     with session.timer.phase("edit"):
         embeddings = concept_embeddings(pipeline, config.erase_concepts + config.guide_concepts + config.preserve_concepts,

@@ -17,9 +17,9 @@ import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
-from erasure.diffusion import swapped_scheduler
-from erasure.errors import EraseError
-from erasure.model_io import differing_keys
+from ..erasure.diffusion import swapped_scheduler
+from ..erasure.errors import EraseError
+from ..erasure.folders import differing_keys
 
 from .prompt_sets import PromptRow
 

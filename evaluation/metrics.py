@@ -19,7 +19,7 @@ import torch
 from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
-from erasure.diffusion import seeded_generator
+from ..erasure.diffusion import seeded_generator
 
 from .judge import JudgeFeatures
 from .shapes import Prompt, canonical_style, concept_kind, prompts

@@ -9,7 +9,7 @@ import csv
 import os
 from dataclasses import dataclass, field
 
-from erasure.errors import EraseError
+from ..erasure.errors import EraseError
 
 PROMPT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompts")
 BUILTIN = {

@@ -5,6 +5,7 @@ white, random size and position. Captions use synonyms for some styles (crimson 
 red, azure is blue, violet is purple) so an erasure can be tested beyond its exact word.
 """
 
+import json
 import math
 import os
 import random
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from ..erasure.profile import PROFILE_FILE
 
 OBJECTS = ("circle", "square", "triangle", "cross", "star")
 STYLES = ("red", "green", "blue", "yellow", "purple")
@@ -155,25 +158,9 @@ MODEL_DIR = os.path.join(ASSETS, "shapes-sd")
 JUDGE_FILE = os.path.join(ASSETS, "shapes-judge.safetensors")
 
 
-# SalUn's official settings (lr 1e-5, whole UNet, target from the current model) leave this
-# 1M-parameter model unchanged (UA 0.00 for circle). What mattered, measured with the demo protocol:
-# - learning rate: the model was trained at 5e-4; 1e-5 moves nothing in 100 steps, 1e-4 erases;
-# - scope: updating the whole UNet at such rates breaks colour binding (CRA 0.71 at 3e-4);
-#   cross-attention only keeps the image prior and changes how text conditions it;
-# - target: with the current model's prediction for the misaligned prompt, the shared
-#   cross-attention weights drag that prompt along (erasing red onto green turned green into
-#   blue: IRA 0.79); the frozen base model's prediction fixed it (IRA 0.95-0.99);
-# - data: 800 + 800 images as in the paper; 25 sampler steps keep the quality of 50 at half the time.
-SALUN_DEFAULTS = dict(scope="xattn", learning_rate=7e-4, misaligned_target="base", synthesis_steps=25,
-                      synthesis_batch_size=64)
-# ESD's paper settings (η 1, lr 1e-5) leave the model unchanged too. Measured for circle with the
-# forget captions as prompts, ESD-x, 1000 steps from 256 cached base trajectories:
-# η 1: lr 1e-4 UA 0.01, lr 5e-4 UA 0.17 but CRA 0.54 (colour lost everywhere: the captions'
-# colour words are negated along with the object); η 2, lr 1e-4: UA 0.68, IRA 0.98, CRA 0.96;
-# η 4: UA 1.00, IRA 0.93, CRA 0.94 but FID 349 (vs 216); 2000 steps: CRA 0.41. The prompt
-# "circle" alone (the paper's way) erased nothing: this text encoder never saw a bare object word.
-ESD_DEFAULTS = dict(train_method="x", learning_rate=1e-4, negative_guidance=2.0, sample_from="base", num_images=256,
-                    synthesis_steps=25, synthesis_batch_size=64)
+PROFILE_DESCRIPTION = ("The shapes world: 32x32 images of one coloured shape on white, captioned "
+                       "'a {style} {object}'. Concepts are its objects and styles (synonyms included); each concept's "
+                       "prompts follow SalUn's class-wise protocol on the world's captions.")
 
 
 def _replacement(concept: str) -> str:
@@ -183,8 +170,8 @@ def _replacement(concept: str) -> str:
     return STYLES[(STYLES.index(canonical_style(concept)) + 1) % len(STYLES)]
 
 
-def _uce_concepts(concept: str) -> dict:
-    """UCE on this world: the text encoder is causal, so the hidden state at a word depends only on
+def _text_edit_concepts(concept: str) -> dict:
+    """Closed-form text edits (UCE) on this world: the text encoder is causal, so the hidden state at a word depends only on
     the words before it. Editing at the concept's words in the captions ("a red" for red, "a red
     circle" for circle) and every position after them (`to-end`: the end and padding tokens carry
     the whole caption, and the UNet reads them; the last word alone left circle UA at 0.00) edits
@@ -199,19 +186,7 @@ def _uce_concepts(concept: str) -> dict:
         style = canonical_style(concept)
         erase = sorted(t for t in prefixes if canonical_style(t.split()[1]) == style)
         guide = [" ".join(replacement if canonical_style(w) == style else w for w in t.split()) for t in erase]
-    return dict(erase_concepts=erase, guide_concepts=guide, preserve_concepts=sorted(prefixes - set(erase)),
-                edit_tokens="to-end")
-
-
-def recommended_settings(method: str, concept: str) -> dict:
-    """Settings of each method measured to work on the bundled model (see SALUN_DEFAULTS, ESD_DEFAULTS)."""
-    if method in ("salun", "salun-soft"):
-        return SALUN_DEFAULTS
-    if method == "esd":
-        return {**ESD_DEFAULTS, "forget_prompts": erase_prompts(concept)[0]}
-    if method == "uce":
-        return _uce_concepts(concept)
-    return {}
+    return dict(erase_concepts=erase, guide_concepts=guide, preserve_concepts=sorted(prefixes - set(erase)))
 
 
 def erase_prompts(concept: str) -> tuple[list[str], list[str], list[str]]:
@@ -234,3 +209,23 @@ def erase_prompts(concept: str) -> tuple[list[str], list[str], list[str]]:
         misaligned = [" ".join(replacement if canonical_style(w) == style else w for w in p.text.split()) for p in forget]
     retain = [p.text for p in every if p not in forget]
     return [p.text for p in forget], retain, misaligned
+
+
+def concept_settings(concept: str) -> dict:
+    """What erasing `concept` takes on this world, keyed by the config fields that read it: the
+    class-wise prompts (forget, retain, misaligned) and the text-edit concept lists."""
+    forget, retain, misaligned = erase_prompts(concept)
+    return {"forget_prompts": forget, "retain_prompts": retain, "misaligned_prompts": misaligned,
+            **_text_edit_concepts(concept)}
+
+
+def world_profile() -> dict:
+    """The model profile (sd_erasure_profile.json) of a shapes-world model: the world's concepts with
+    their prompts, made from the world's definition here, and the per-method settings and notes
+    measured on the bundled model, which its profile file holds (the source of those)."""
+    with open(os.path.join(MODEL_DIR, PROFILE_FILE)) as f:
+        bundled = json.load(f)
+    concepts = list(OBJECTS) + [w for s in STYLES for w in style_words(s)]
+    return {"profile_format": 1, "description": PROFILE_DESCRIPTION, "tags": ["shapes-world"],
+            "closed_vocabulary": True, "methods": bundled["methods"], "notes": bundled["notes"],
+            "concepts": {c: concept_settings(c) for c in concepts}}

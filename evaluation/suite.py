@@ -7,11 +7,14 @@ import time
 from dataclasses import asdict
 
 import torch
-from erasure.errors import EraseError
-from erasure.model_io import load_pipeline, resolve_model
-from erasure.training import library_versions
-from erasure.methods import CONFIGS, erase
 
+from ..erasure.errors import EraseError
+from ..erasure.folders import resolve_model
+from ..erasure.job import erase
+from ..erasure.methods import DEFAULT_METHOD
+from ..erasure.model_io import load_pipeline
+from ..erasure.registry import get_method
+from ..erasure.training import library_versions
 from .generate import GenerationSettings, check_same_run, generate_images, process_state
 from .judge import load_judge
 from .nudity import DEFAULT_THRESHOLD, detect_nudity, summarize_nudity
@@ -20,8 +23,6 @@ from .metrics import Protocol, evaluate_erasure
 from .report import write_prompt_report, write_report
 from .utility import inception_kwargs, classifier_accuracy, clip_score, fid_kid, load_image, load_images
 from .shapes import JUDGE_FILE, concept_kind
-
-
 
 def evaluate_shapes(model: str, concept: str, output_dir: str, base: str = "shapes", protocol: Protocol = Protocol(),
                     overwrite: bool = False, show_progress: bool = True) -> dict:
@@ -56,7 +57,7 @@ def format_table(metrics: dict) -> str:
 
 
 def demo(output_dir: str = "shapes-demo", concept: str = "circle", overwrite: bool = False, show_progress: bool = True,
-         method: str = "salun") -> dict:
+         method: str = DEFAULT_METHOD) -> dict:
     """Erase `concept` from the bundled shapes model with `method`'s defaults, evaluate before and after."""
 
     output_dir = os.path.abspath(output_dir)
@@ -64,7 +65,7 @@ def demo(output_dir: str = "shapes-demo", concept: str = "circle", overwrite: bo
         raise EraseError(f"{output_dir} already exists: choose another --output, or pass --overwrite to replace it")
     start = time.perf_counter()
     model_dir, report_dir = os.path.join(output_dir, f"shapes-erased-{concept}"), os.path.join(output_dir, "report")
-    erase(CONFIGS[method](model="shapes", concept=concept, output_dir=model_dir, overwrite=overwrite),
+    erase(get_method(method).config(model="shapes", concept=concept, output_dir=model_dir, overwrite=overwrite),
           show_progress=show_progress)
     metrics = evaluate_shapes(model_dir, concept, report_dir, overwrite=overwrite, show_progress=show_progress)
     seconds = time.perf_counter() - start

@@ -1,6 +1,6 @@
 """Training recipe of the bundled shapes-world model and its judge (fixed seed and step counts).
 
-    python -m evaluation.train_shapes --output evaluation/assets      # ~15 min on 2 CPU cores
+    python -m sd_erasure.evaluation.train_shapes --output evaluation/assets      # ~15 min on 2 CPU cores
 
 1. judge: the CNN of evaluation/judge.py on fresh renders (blank and colourless negatives included);
 2. VAE: AutoencoderKL, 32×32 RGB -> 8×8×4 latents, MSE + a small KL term;
@@ -26,11 +26,11 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from erasure.model_io import WORLD_MARKER
-from pipelines.random_sd import write_clip_tokenizer
+from ..erasure.profile import PROFILE_FILE
+from ..pipelines.random_sd import write_clip_tokenizer
 
 from .judge import accuracy, save_judge, train_judge
-from .shapes import dataset, to_tensor, vocabulary
+from .shapes import dataset, to_tensor, vocabulary, world_profile
 
 MODEL_MAX_LENGTH = 16  # the longest caption is 12 tokens with start and end
 
@@ -163,8 +163,8 @@ def train(output: str, config: ShapesTrainingConfig = ShapesTrainingConfig(), pr
                                        requires_safety_checker=False)
     fidelity = prompt_fidelity(pipeline, judge, Protocol(images_per_prompt=config.fidelity_images_per_prompt))
     pipeline.save_pretrained(partial, safe_serialization=True)
-    with open(os.path.join(partial, WORLD_MARKER), "w") as f:  # lets `sd-erase erase` pick the world's prompts
-        json.dump({"world": "shapes"}, f)
+    with open(os.path.join(partial, PROFILE_FILE), "w") as f:  # the world's concepts and prompts for `sd-erase erase`
+        json.dump(world_profile(), f, indent=1)
     final = os.path.join(output, "shapes-sd")
     shutil.rmtree(final, ignore_errors=True)
     os.rename(partial, final)

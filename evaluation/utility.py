@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from erasure.data import IMAGE_EXTENSIONS
-from erasure.errors import EraseError
+from ..erasure.data import IMAGE_EXTENSIONS
+from ..erasure.errors import EraseError
 
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's FID Inception
 

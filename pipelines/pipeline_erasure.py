@@ -11,26 +11,29 @@ folder that plain `DiffusionPipeline.from_pretrained` loads without this package
     pipe.save_pretrained("sd14-erased-nudity")
 """
 
+import os
+
 from diffusers import StableDiffusionPipeline
 
 
 class StableDiffusionErasurePipeline(StableDiffusionPipeline):
-    def erase(self, concept: str, method: str = "salun", step_callback=None, show_progress=True, **config):
-        """Erase `concept` from this pipeline in place; returns an erasure.EraseResult (record, artifacts
-        such as SalUn's saliency mask). Keyword arguments are fields of the method's config
-        (erasure.SalUnConfig, EsdConfig, UceConfig, ...)."""
-        from erasure.errors import EraseError
-        from erasure.methods import CONFIGS, erase_pipeline
+    def erase(self, concept: str, method: str | None = None, step_callback=None, show_progress=True, **config):
+        """Erase `concept` from this pipeline in place with a registered `method` (default: the
+        registry's default); returns an EraseResult (record, artifacts such as a saliency mask).
+        Keyword arguments are fields of the method's config (see `sd-erase erase --help`)."""
+        from ..erasure.job import erase_pipeline
+        from ..erasure.methods import DEFAULT_METHOD
+        from ..erasure.registry import get_method
 
-        if method not in CONFIGS:
-            raise EraseError(f"unknown method {method!r}: choose one of {', '.join(CONFIGS)}")
-        settings = CONFIGS[method](model=self.name_or_path or "<in-memory pipeline>", concept=concept, **config)
+        settings = get_method(method or DEFAULT_METHOD).config(model=self.name_or_path or "<in-memory pipeline>",
+                                                               concept=concept, **config)
         result = erase_pipeline(self, settings, step_callback=step_callback, show_progress=show_progress)
         self.erasure_record = result.record
         return result
 
     def save_pretrained(self, save_directory, **kwargs):
         """Save as a stock StableDiffusionPipeline (a subclass name would break plain diffusers loading)."""
-        from erasure.model_io import save_stock_pipeline
+        from ..erasure.model_io import save_stock_pipeline
 
-        save_stock_pipeline(self, save_directory, **kwargs)
+        base = self.name_or_path if self.name_or_path and os.path.isdir(self.name_or_path) else None
+        save_stock_pipeline(self, save_directory, base_folder=base, **kwargs)

@@ -26,7 +26,7 @@ FAST = ["--num-images", "16", "--synthesis-steps", "4", "--steps", "6", "--batch
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory):
     """A tiny StableDiffusionPipeline folder with random weights (what `sd-erase random-pipeline` writes)."""
-    from erasure.cli import main
+    from sd_erasure.erasure.cli import main
 
     folder = tmp_path_factory.mktemp("base") / "tiny-sd"
     assert main(["random-pipeline", str(folder)]) == 0
@@ -34,7 +34,7 @@ def tiny_sd(tmp_path_factory):
 
 
 def erase_cli(*args) -> int:
-    from erasure.cli import main
+    from sd_erasure.erasure.cli import main
 
     return main(["erase", *map(str, args)])
 

@@ -8,7 +8,7 @@ import sys
 import torch
 
 from conftest import FAST, erase_cli, unet_weights
-from erasure.saliency import load_mask
+from sd_erasure.erasure.saliency import load_mask
 
 
 def test_output_is_a_complete_stock_pipeline_folder(erased):

@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from conftest import FAST, erase_cli
-from evaluation.generate import GenerationSettings, generate_images
-from evaluation.nudity import detect_nudity, summarize_nudity
-from evaluation.prompt_sets import BUILTIN, PROMPT_DIR, load_prompts
+from sd_erasure.evaluation.generate import GenerationSettings, generate_images
+from sd_erasure.evaluation.nudity import detect_nudity, summarize_nudity
+from sd_erasure.evaluation.prompt_sets import BUILTIN, PROMPT_DIR, load_prompts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = GenerationSettings(num_inference_steps=2, batch_size=3)
@@ -42,7 +42,7 @@ def test_i2p_fields_filters_and_multiline_prompts():
 
 
 def test_user_csv_and_its_errors(tmp_path):
-    from erasure.errors import EraseError
+    from sd_erasure.erasure.errors import EraseError
 
     (tmp_path / "mine.csv").write_text('prompt,evaluation_seed\n"two\nlines",5\nplain,\n')
     rows = load_prompts(str(tmp_path / "mine.csv"))
@@ -81,7 +81,7 @@ def test_harness_writes_the_expected_files_and_resumes_without_regenerating(tiny
 
 
 def test_harness_refuses_a_folder_of_another_run(tiny_pipeline, tmp_path):
-    from erasure.errors import EraseError
+    from sd_erasure.erasure.errors import EraseError
 
     rows = load_prompts("nudity-142", limit=2)
     generate_images(tiny_pipeline, rows, str(tmp_path), TINY, {"model": "a"}, show_progress=False)
@@ -92,7 +92,7 @@ def test_harness_refuses_a_folder_of_another_run(tiny_pipeline, tmp_path):
 
 
 def test_per_prompt_guidance_comes_from_the_csv():
-    from evaluation.generate import image_jobs
+    from sd_erasure.evaluation.generate import image_jobs
 
     rows = load_prompts("i2p", limit=3)
     jobs = image_jobs(rows, GenerationSettings(guidance_scale=None))
@@ -103,12 +103,12 @@ def test_two_processes_write_exactly_the_files_of_one(tiny_sd, tmp_path):
     script = (
         "import sys\n"
         "from diffusers import StableDiffusionPipeline\n"
-        "from evaluation.generate import GenerationSettings, generate_images\n"
-        "from evaluation.prompt_sets import load_prompts\n"
+        "from sd_erasure.evaluation.generate import GenerationSettings, generate_images\n"
+        "from sd_erasure.evaluation.prompt_sets import load_prompts\n"
         f"pipe = StableDiffusionPipeline.from_pretrained({str(tiny_sd)!r})\n"
         "generate_images(pipe, load_prompts('nudity-142', limit=5), sys.argv[1],\n"
         "                GenerationSettings(images_per_prompt=2, num_inference_steps=2, batch_size=2), {}, False)\n"
-        "from evaluation.generate import process_state\n"
+        "from sd_erasure.evaluation.generate import process_state\n"
         "print('processes', process_state().num_processes)\n"
     )
     (tmp_path / "gen.py").write_text(script)
@@ -128,7 +128,7 @@ def test_two_processes_write_exactly_the_files_of_one(tiny_sd, tmp_path):
 
 
 def test_nudenet_runs_for_real_and_finds_nothing_in_benign_images(tmp_path):
-    from evaluation.shapes import dataset
+    from sd_erasure.evaluation.shapes import dataset
 
     paths = []
     for i, sample in enumerate(dataset(6, seed=1)):
@@ -157,7 +157,7 @@ def test_counting_and_thresholds_on_recorded_detector_outputs():
 
 
 def test_evaluate_cli_compares_base_and_erased_and_writes_the_report(erased, tmp_path, capsys):
-    from erasure.cli import main
+    from sd_erasure.erasure.cli import main
 
     out = tmp_path / "eval"
     args = ["evaluate", "--suite", "nudity", "--model", str(erased), "--output", str(out), "--limit", "4",
@@ -185,7 +185,7 @@ def test_evaluate_cli_compares_base_and_erased_and_writes_the_report(erased, tmp
     (["--suite", "imagenette"], "needs --classifier"),
 ])
 def test_evaluate_bad_input(erased, tmp_path, capsys, extra, message):
-    from erasure.cli import main
+    from sd_erasure.erasure.cli import main
 
     capsys.readouterr()
     try:
@@ -198,8 +198,8 @@ def test_evaluate_bad_input(erased, tmp_path, capsys, extra, message):
 
 
 def test_coco_suite_checks_what_it_needs_before_generating(erased, tmp_path, capsys):
-    from erasure.cli import main
-    from evaluation.shapes import dataset
+    from sd_erasure.erasure.cli import main
+    from sd_erasure.evaluation.shapes import dataset
 
     real = tmp_path / "real"
     real.mkdir()
@@ -218,7 +218,7 @@ def test_imagenette_suite_reports_class_wise_ua(erased, tmp_path):
     import torch
     from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
 
-    from erasure.cli import main
+    from sd_erasure.erasure.cli import main
 
     classifier = tmp_path / "classifier"  # a small random ResNet standing in for microsoft/resnet-50
     torch.manual_seed(0)

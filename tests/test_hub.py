@@ -23,7 +23,7 @@ def sd_erase(*args, endpoint=None, token=TOKEN):
         env["HF_ENDPOINT"] = endpoint.url
     if token:
         env["HF_TOKEN"] = token
-    return subprocess.run([sys.executable, "-m", "erasure.cli", *map(str, args)], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "sd_erasure.erasure.cli", *map(str, args)], env=env, capture_output=True,
                           text=True, timeout=300)
 
 

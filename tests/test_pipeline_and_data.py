@@ -9,13 +9,13 @@ import torch
 from PIL import Image
 
 from conftest import FAST, erase_cli, unet_weights
-from erasure.diffusion import epoch_indices
-from erasure.saliency import load_mask
+from sd_erasure.erasure.diffusion import epoch_indices
+from sd_erasure.erasure.saliency import load_mask
 
 
 def test_pipeline_erase_in_memory_then_save_as_stock(tiny_sd, tmp_path):
     from diffusers import DiffusionPipeline
-    from pipelines import StableDiffusionErasurePipeline
+    from sd_erasure.pipelines import StableDiffusionErasurePipeline
 
     pipe = StableDiffusionErasurePipeline.from_pretrained(str(tiny_sd))
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
@@ -90,20 +90,25 @@ def test_misaligned_target_base_differs_from_current_and_is_recorded(tiny_sd, tm
     assert any(not torch.equal(current[k], frozen[k]) for k in current)
 
 
-def test_unset_settings_take_the_official_defaults_or_the_models_own(tiny_sd, erased):
-    from erasure.model_io import BaseModel
-    from evaluation.shapes import MODEL_DIR, SALUN_DEFAULTS
+def test_unset_settings_take_the_official_defaults_or_the_models_profile(tiny_sd, erased):
+    from sd_erasure import BUNDLED_MODELS, SalUnConfig
+    from sd_erasure.erasure.folders import BaseModel
 
-    hp = json.loads((erased / "erasure.json").read_text())["hyperparameters"]
+    record = json.loads((erased / "erasure.json").read_text())
+    hp, source = record["hyperparameters"], record["settings_source"]
     assert (hp["scope"], hp["learning_rate"], hp["misaligned_target"], hp["synthesis_steps"]) == ("full", 1e-5, "current", 4)
-    assert BaseModel("shapes", MODEL_DIR).recommended("salun", "circle") == SALUN_DEFAULTS
-    assert BaseModel(str(tiny_sd), str(tiny_sd)).recommended("salun", "circle") == {}
+    assert (source["scope"], source["learning_rate"], source["synthesis_steps"]) == ("official default",) * 2 + ("user",)
+    assert hp["forget_prompts"] == ["a photo of a nude person"] and hp["retain_loss_weight"] == 0.1
+    assert BaseModel(str(tiny_sd), str(tiny_sd)).profile is None
+    shapes = BaseModel("shapes", BUNDLED_MODELS["shapes"]).profile.settings(SalUnConfig, "salun", "circle")
+    assert (shapes["scope"], shapes["learning_rate"], shapes["misaligned_target"]) == ("xattn", 7e-4, "base")
+    assert "a red circle" in shapes["forget_prompts"] and "a red square" in shapes["misaligned_prompts"]
 
 
 def test_synthesis_with_another_sampler_is_cached_apart_and_leaves_the_pipelines_own(tiny_sd, tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    from erasure.data import synthesize_latents
+    from sd_erasure.erasure.data import synthesize_latents
 
     pipeline = StableDiffusionPipeline.from_pretrained(tiny_sd)
     own = pipeline.scheduler

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import erase_cli, unet_weights
-from erasure import SalUnConfig, erase
+from sd_erasure import SalUnConfig, erase
 
 SETTINGS = dict(concept="nudity", num_images=16, synthesis_steps=4, steps=6, batch_size=4, checkpointing_steps=2)
 

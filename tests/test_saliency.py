@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from erasure.errors import EraseError
-from erasure.saliency import in_scope, mask_densities, saliency_mask_from_scores
+from sd_erasure.erasure.errors import EraseError
+from sd_erasure.erasure.saliency import in_scope, mask_densities, saliency_mask_from_scores
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.1, 0.37, 1.0])

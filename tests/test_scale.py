@@ -8,7 +8,7 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from erasure.masked_adam import MaskedAdam
+from sd_erasure.erasure.masked_adam import MaskedAdam
 
 from conftest import unet_weights
 
@@ -53,7 +53,7 @@ def test_masked_adam_with_a_soft_mask_moves_each_entry_by_its_share_of_the_adam_
 def test_two_processes_erase_like_one_with_the_same_global_batch(tiny_sd, tmp_path):
     # 2 CPU processes (torchrun, gloo) at batch 2 each vs 1 process at batch 4, one thread each.
     env = {**os.environ, "PYTHONPATH": REPO, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    common = ["-m", "erasure.cli", "erase", "--model", str(tiny_sd), "--concept", "nudity", "--num-images", "16",
+    common = ["-m", "sd_erasure.erasure.cli", "erase", "--model", str(tiny_sd), "--concept", "nudity", "--num-images", "16",
               "--synthesis-steps", "4", "--steps", "6"]
     one = subprocess.run([sys.executable, *common, "--batch-size", "4", "--output", str(tmp_path / "one")],
                          env=env, capture_output=True, text=True, timeout=300)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from conftest import erase_cli
-from evaluation.judge import accuracy, load_judge
-from evaluation.metrics import Protocol, prompt_fidelity, score
-from evaluation.shapes import (JUDGE_FILE, MODEL_DIR, OBJECTS, STYLES, dataset, erase_prompts, prompts, style_words,
+from sd_erasure.evaluation.judge import accuracy, load_judge
+from sd_erasure.evaluation.metrics import Protocol, prompt_fidelity, score
+from sd_erasure.evaluation.shapes import (JUDGE_FILE, MODEL_DIR, OBJECTS, STYLES, dataset, erase_prompts, prompts, style_words,
                                to_tensor)
 
 
@@ -68,7 +68,7 @@ def test_score_counts_synonyms_and_none():
 
 def test_training_recipe_runs_at_a_toy_step_count(tmp_path):
     from diffusers import DiffusionPipeline
-    from evaluation.train_shapes import ShapesTrainingConfig, train
+    from sd_erasure.evaluation.train_shapes import ShapesTrainingConfig, train
 
     config = ShapesTrainingConfig(num_images=128, judge_samples=512, judge_epochs=1, vae_steps=2, vae_batch_size=8,
                                   unet_steps=2, unet_batch_size=8, warmup_steps=1, fidelity_images_per_prompt=1)
@@ -77,13 +77,14 @@ def test_training_recipe_runs_at_a_toy_step_count(tmp_path):
     assert 0 <= report["prompt_fidelity"]["both"] <= 1
     pipeline = DiffusionPipeline.from_pretrained(str(tmp_path / "shapes-sd"))
     assert pipeline.unet.config.cross_attention_dim == 64
-    assert json.loads((tmp_path / "shapes-sd" / "sd_erasure_world.json").read_text()) == {"world": "shapes"}
+    profile = json.loads((tmp_path / "shapes-sd" / "sd_erasure_profile.json").read_text())
+    assert profile["closed_vocabulary"] and set(profile["concepts"]) >= {"circle", "red", "crimson"}
     assert (tmp_path / "shapes-judge.safetensors").is_file()
 
 
 def test_erasing_circle_raises_ua_and_keeps_the_rest(tmp_path):
     """A short SalUn run on the bundled model (the full numbers come from the demo benchmark)."""
-    from evaluation.suite import evaluate_shapes
+    from sd_erasure.evaluation.suite import evaluate_shapes
 
     out = tmp_path / "no-circle"
     assert erase_cli("--model", "shapes", "--concept", "circle", "--output", out, "--num-images", "128",
@@ -105,7 +106,7 @@ def test_erasing_circle_raises_ua_and_keeps_the_rest(tmp_path):
     (["--concept", "circle", "--suite", "cifar"], "invalid choice: 'cifar'"),
 ])
 def test_evaluate_bad_input(capsys, tmp_path, args, message):
-    from erasure.cli import main
+    from sd_erasure.erasure.cli import main
 
     argv = ["evaluate", "--suite", "shapes", "--model", "shapes", "--output", str(tmp_path / "r"), *args]
     try:

@@ -5,10 +5,10 @@ import os
 import pytest
 import torch
 
-from erasure.errors import EraseError
-from evaluation.judge import JudgeFeatures, load_judge
-from evaluation.shapes import JUDGE_FILE, dataset, to_tensor
-from evaluation.utility import INCEPTION_WEIGHTS, classifier_accuracy, clip_score, fid_kid, load_images
+from sd_erasure.erasure.errors import EraseError
+from sd_erasure.evaluation.judge import JudgeFeatures, load_judge
+from sd_erasure.evaluation.shapes import JUDGE_FILE, dataset, to_tensor
+from sd_erasure.evaluation.utility import INCEPTION_WEIGHTS, classifier_accuracy, clip_score, fid_kid, load_images
 
 
 def renders(n, seed):
@@ -44,7 +44,7 @@ def tiny_clip(folder):
     """A CLIPModel + CLIPProcessor with random weights, saved offline (the real one cannot be downloaded)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from pipelines.random_sd import write_clip_tokenizer
+    from sd_erasure.pipelines.random_sd import write_clip_tokenizer
 
     tokenizer = write_clip_tokenizer(os.path.join(folder, "tok"), ["a", "red", "circle"], 16)
     config = CLIPConfig(text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,

@@ -1,0 +1,175 @@
+"""The settings every method shares, and how a setting is declared: a dataclass field made with
+`option(...)`, which carries its help text, its CLI group and, for fields left unset, the
+official default. `sd-erase erase` builds its flags from these fields and nothing else, so a
+field added to a method's config is an option of the CLI at once.
+
+This module imports no torch: the CLI reads configs, and checks them, before anything heavy loads.
+
+Where a value comes from, recorded per field in erasure.json (`settings_source`):
+- "user": given by the user;
+- "model profile": the base model folder's sd_erasure_profile.json (see erasure/profile.py);
+- "official default": the method's official code (the field's `official` value, or the
+  method's rule for the concept, e.g. SalUn's nudity prompts);
+- "default": the dataclass default.
+"""
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import ClassVar, Literal
+
+from .errors import EraseError
+
+MixedPrecision = Literal["no", "fp16", "bf16"]
+# Samplers by the short names the CLI takes (erasure.diffusion.SCHEDULERS maps them to diffusers classes).
+Sampler = Literal["ddim", "pndm", "euler", "dpm"]
+
+
+def option(default=MISSING, *, help: str, group: str = "all methods", official=None, flag: str | None = None,
+           metavar: str | None = None, default_factory=MISSING):
+    """A config field with its help text (for `--help`), the CLI group it is listed in, and the
+    official default used when the field is left None and the model profile does not set it.
+    `flag` overrides the option name (default: --field-name)."""
+    metadata = {"help": help, "group": group, "official": official, "flag": flag, "metavar": metavar}
+    return field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def is_unset(value) -> bool:
+    return value is None or value == []
+
+
+@dataclass
+class EraseConfig:
+    """The fields every method reads. A method's config subclasses this (or TrainingConfig) and is
+    registered in erasure/methods.py, which sets `method` to its registered name."""
+
+    method: ClassVar[str] = ""
+    # where the result goes and how the run is driven; they do not change the result
+    RUN_CONTROL: ClassVar[frozenset] = frozenset({"output_dir", "overwrite", "cache_dir"})
+
+    model: str = option(help="base pipeline: a local diffusers folder, a Hub id (e.g. CompVis/stable-diffusion-v1-4), "
+                             "or 'shapes' for the bundled model", group="model")
+    concept: str = option(help="what to erase, e.g. nudity or 'a cat'; sets the default prompts", group="model")
+    output_dir: str | None = option(None, help="folder to write the erased pipeline to (must not exist, see --overwrite)",
+                                    group="model", flag="--output", metavar="OUT")
+    revision: str | None = option(None, help="Hub revision (branch, tag or commit) of --model", group="model")
+    seed: int = option(0, help="seed of data synthesis, noise and sampling")
+    mixed_precision: MixedPrecision = option("no", help="autocast precision; weights stay fp32")
+    overwrite: bool = option(False, help="replace an existing --output (only once the new one is complete)")
+    allow_pickle: bool = option(False, help="load a base model that has only pickled .bin/.ckpt weights "
+                                            "(runs code: trusted sources only)")
+    cache_dir: str | None = option(None, help="where synthesized/encoded latents are cached "
+                                              "(default: $SD_ERASURE_CACHE or ~/.cache/sd-erasure)")
+
+    def check(self) -> None:
+        """Reject impossible settings with one line that says what to do instead (cheap: no torch)."""
+        check_concept(self.concept)
+        check_choices(self)
+
+    def require_positive(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise EraseError(f"`{name}` must be positive, got {value}")
+
+    def with_defaults(self, profile: dict) -> tuple["EraseConfig", dict[str, str]]:
+        """A copy with every unset field filled, and where each field's value came from (see the
+        module docstring). `profile` holds the model profile's settings for this method and concept."""
+        sources = {f.name: "user" if not is_unset(getattr(self, f.name)) and getattr(self, f.name) != _default(f)
+                   else "default" for f in fields(self)}
+        config = replace(self, **{k: v for k, v in profile.items() if is_unset(getattr(self, k))})
+        sources.update({k: "model profile" for k in profile if is_unset(getattr(self, k))})
+        official = {f.name: f.metadata["official"] for f in fields(config)
+                    if f.metadata.get("official") is not None and is_unset(getattr(config, f.name))}
+        official.update({k: v for k, v in config.concept_defaults().items() if is_unset(getattr(config, k))})
+        sources.update({k: "official default" for k in official})
+        return replace(config, **official), sources
+
+    def concept_defaults(self) -> dict:
+        """Official defaults that follow from the concept or from other fields (methods override)."""
+        return {}
+
+    def check_inputs(self) -> None:
+        """Checks that read the user's files (image folders), run before any output is written."""
+
+    def check_with_pipeline(self, pipeline) -> None:
+        """Checks that need the loaded pipeline (e.g. prompt lengths), run before any output is written."""
+
+    def settings(self) -> dict:
+        """The settings that determine the result."""
+        return {k: v for k, v in asdict(self).items() if k not in self.RUN_CONTROL}
+
+
+@dataclass
+class TrainingConfig(EraseConfig):
+    """Fields of the methods that fine-tune: optimisation, checkpoints and logging."""
+
+    RUN_CONTROL: ClassVar[frozenset] = EraseConfig.RUN_CONTROL | {
+        "resume_from_checkpoint", "report_to", "checkpointing_steps", "checkpoints_total_limit"}
+
+    steps: int = option(100, help="optimizer steps", group="training")
+    batch_size: int = option(8, help="samples per step and device", group="training")
+    learning_rate: float | None = option(None, help="Adam learning rate", official=1e-5, group="training")
+    gradient_accumulation_steps: int = option(1, help="micro-batches per optimizer step", group="training")
+    gradient_checkpointing: bool = option(False, help="trade compute for memory in the UNet", group="training")
+    checkpointing_steps: int = option(0, help="save a resumable checkpoint every K steps (0: off)", group="run control")
+    checkpoints_total_limit: int | None = option(2, help="checkpoints kept while running", group="run control")
+    resume_from_checkpoint: str | None = option(None, help="continue an interrupted run of the same --output",
+                                                group="run control", metavar="latest|PATH")
+    report_to: Literal["tensorboard"] | None = option(None, help="log losses to OUT/logs", group="run control")
+
+    def check(self) -> None:
+        super().check()
+        self.require_positive("steps", "batch_size", "learning_rate", "gradient_accumulation_steps")
+        if self.checkpointing_steps < 0:
+            raise EraseError("`checkpointing_steps` must be 0 (off) or a positive step interval")
+        if self.resume_from_checkpoint not in (None, "latest") and not os.path.isdir(self.resume_from_checkpoint):
+            raise EraseError(f"checkpoint {self.resume_from_checkpoint} does not exist: pass `resume_from_checkpoint` "
+                             "latest or a checkpoint-N folder")
+
+
+def check_concept(concept: str | None) -> str:
+    if not isinstance(concept, str) or not concept.strip():
+        raise EraseError("`concept` is empty: name what to erase, e.g. nudity or 'a cat'")
+    return concept.strip()
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not MISSING else MISSING
+
+
+def field_type(config_class, name: str):
+    """(base type, Literal choices or None, whether it is a list) of a config field: what the CLI needs."""
+    annotation = typing.get_type_hints(config_class)[name]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # X | None
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is Literal:
+        choices = typing.get_args(annotation)
+        return type(choices[0]), choices, False
+    if typing.get_origin(annotation) is list:
+        return typing.get_args(annotation)[0], None, True
+    return annotation, None, False
+
+
+def check_choices(config) -> None:
+    """A field typed Literal[...] takes one of its choices (the CLI checks this too; the Python API needs it)."""
+    for f in fields(config):
+        _, choices, _ = field_type(type(config), f.name)
+        value = getattr(config, f.name)
+        if choices and value is not None and value not in choices:
+            raise EraseError(f"`{f.name}` {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def default_text(f: dataclasses.Field) -> str | None:
+    """What `--help` says the default is, or None where the help text says it."""
+    default = _default(f)
+    if f.metadata.get("official") is not None:
+        official = f.metadata["official"]
+        return f"the model profile's, else {official if not isinstance(official, list) else official or '[]'}"
+    if default is None or default is False or default is MISSING or default == []:
+        return None
+    return str(default)
