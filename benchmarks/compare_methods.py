@@ -21,17 +21,24 @@ from datetime import datetime, timezone
 
 from benchmarks.bench_erase import RESULTS, device_name
 from sd_erasure import methods
+from sd_erasure.erasure.self_check import EXIT_NOT_ERASED
 
 CONCEPTS = ("circle", "red")
 
 
-def erase_in_subprocess(method: str, concept: str, work: str, extra: list[str]) -> tuple[dict, float]:
-    output = os.path.join(work, f"{method}-{concept}")
-    env = {**os.environ, "SD_ERASURE_CACHE": os.path.join(work, f"cache-{method}-{concept}")}
+def erase_in_subprocess(method: str, concept: str, work: str, extra: list[str], name: str | None = None,
+                        cache: str | None = None) -> tuple[dict, float]:
+    """`sd-erase erase` in its own process into work/NAME (default METHOD-CONCEPT); erasure.json and seconds.
+    A run the self-check finds not erased is a result too (exit code EXIT_NOT_ERASED)."""
+    name = name or f"{method}-{concept}"
+    output = os.path.join(work, name)
+    env = {**os.environ, "SD_ERASURE_CACHE": cache or os.path.join(work, f"cache-{name}")}
     command = [sys.executable, "-m", "sd_erasure.erasure.cli", "erase", "--model", "shapes", "--method", method,
                "--concept", concept, "--output", output, *extra]
     started = time.perf_counter()
-    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode not in (0, EXIT_NOT_ERASED):
+        raise RuntimeError(f"{' '.join(command)} failed: {done.stderr[-2000:]}")
     wall = time.perf_counter() - started
     with open(os.path.join(output, "erasure.json")) as f:
         return json.load(f), wall

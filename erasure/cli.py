@@ -142,11 +142,16 @@ def cmd_erase(args) -> int:
         check_repo_id(push_to)
         require_token()
     result = erase(config)
+    if result.record is None:  # the other processes of a multi-process run
+        return 0
     if getattr(args, "push_to_hub", False):
         from .hub import push
 
         print(f"pushed: {push(result.output_dir, push_to, private=private, license=license)}")
-    return 0
+    from .self_check import EXIT_NOT_ERASED, describe
+
+    print(EraseError(describe(result.record["self_check"])).with_flags(flags()))
+    return EXIT_NOT_ERASED if result.erased is False else 0
 
 
 def cmd_push(args) -> int:

@@ -119,15 +119,27 @@ class TrainingConfig(EraseConfig):
     resume_from_checkpoint: str | None = option(None, help="continue an interrupted run of the same --output",
                                                 group="run control", metavar="latest|PATH")
     report_to: Literal["tensorboard"] | None = option(None, help="log losses to OUT/logs", group="run control")
+    until_erased: bool = option(False, group="self-check", help="repeat the erase from the base weights, adapting "
+                                "the learning rate (and, where the method has one, a narrower scope) to what the "
+                                "self-check measured, until it finds the concept gone within the retain budget")
+    max_rounds: int = option(5, group="self-check", help="with --until-erased: erases at most")
 
     def check(self) -> None:
         super().check()
-        self.require_positive("steps", "batch_size", "learning_rate", "gradient_accumulation_steps")
+        self.require_positive("steps", "batch_size", "gradient_accumulation_steps", "max_rounds")
+        if self.learning_rate is not None and self.learning_rate < 0:  # 0 is a dry run: everything but the update
+            raise EraseError(f"`learning_rate` must be 0 or more, got {self.learning_rate}")
         if self.checkpointing_steps < 0:
             raise EraseError("`checkpointing_steps` must be 0 (off) or a positive step interval")
         if self.resume_from_checkpoint not in (None, "latest") and not os.path.isdir(self.resume_from_checkpoint):
             raise EraseError(f"checkpoint {self.resume_from_checkpoint} does not exist: pass `resume_from_checkpoint` "
                              "latest or a checkpoint-N folder")
+        if self.until_erased and self.resume_from_checkpoint not in (None, "latest"):
+            raise EraseError("`until_erased` resumes its rounds itself: pass `resume_from_checkpoint` latest")
+
+    def narrower(self) -> "TrainingConfig | None":
+        """The same erase changing fewer weights, for --until-erased when the retain set drifted (None: no such)."""
+        return None
 
 
 def check_concept(concept: str | None) -> str:

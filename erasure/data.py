@@ -67,14 +67,16 @@ def cached_batches(folder: str, batches: list, compute, description: str, show_p
 def synthesize_latents(pipeline, prompts: list[str], num_images: int, *, seed: int, num_inference_steps: int,
                        guidance_scale: float, resolution: int, batch_size: int, model_key: str,
                        scheduler: str | None = None, cache_dir: str | None = None, autocast=None,
-                       show_progress: bool = True) -> LatentSet:
-    """Generate `num_images` latents, cycling through `prompts`, with the pipeline's own sampler or `scheduler`."""
+                       show_progress: bool = True, stream: str = "synthesis") -> LatentSet:
+    """Generate `num_images` latents, cycling through `prompts`, with the pipeline's own sampler or `scheduler`.
+    `stream` names the seeds' stream: sets of other streams never share a starting noise."""
     captions = [prompts[i % len(prompts)] for i in range(num_images)]
     batches = [captions[i:i + batch_size] for i in range(0, num_images, batch_size)]
     sampler = swapped_scheduler(pipeline, scheduler) if scheduler else pipeline.scheduler
     key = dict(model=model_key, prompts=prompts, num_images=num_images, seed=seed, steps=num_inference_steps,
                guidance_scale=guidance_scale, resolution=resolution, batch_size=batch_size,
-               scheduler=type(sampler).__name__, scheduler_config=dict(sampler.config))
+               scheduler=type(sampler).__name__, scheduler_config=dict(sampler.config),
+               **({"stream": stream} if stream != "synthesis" else {}))  # keys of existing caches stay valid
     folder = cache_folder(cache_dir or default_cache_dir(), "synthesized", key)
     pipeline.set_progress_bar_config(disable=True)
 
@@ -82,7 +84,7 @@ def synthesize_latents(pipeline, prompts: list[str], num_images: int, *, seed: i
         with autocast() if autocast else torch.autocast("cpu", enabled=False):
             return pipeline(prompt=batch_prompts, num_inference_steps=num_inference_steps,
                             guidance_scale=guidance_scale, height=resolution, width=resolution,
-                            generator=seeded_generator(seed, "synthesis", index), output_type="latent").images
+                            generator=seeded_generator(seed, stream, index), output_type="latent").images
 
     own, pipeline.scheduler = pipeline.scheduler, sampler
     try:

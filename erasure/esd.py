@@ -20,7 +20,7 @@ project's choice there (the paper has no such pool). The config imports no torch
 code imports it where the work starts.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from .config import TrainingConfig, option
@@ -94,6 +94,9 @@ class EsdConfig(TrainingConfig):
 
     def concept_defaults(self) -> dict:
         return {"forget_prompts": [self.concept.strip()]}
+
+    def narrower(self):
+        return replace(self, train_method="x") if self.train_method in ("u", "all") else None
 
     def check_with_pipeline(self, pipeline) -> None:
         from .diffusion import check_prompt_lengths

@@ -90,6 +90,8 @@ def _is_hub_id(name: str) -> bool:
 
 def build_model_card(folder: str, repo_id: str, license: str | None = None, metrics_file: str | None = None) -> ModelCard:
     """Render hub_cards/model_card.md for an erase output, with Hub metadata and checked YAML."""
+    from .self_check import describe
+
     record = read_erase_output(folder)
     license = license or base_model_license(record)
     if not license:
@@ -131,6 +133,7 @@ def build_model_card(folder: str, repo_id: str, license: str | None = None, metr
                  for key, label, _ in METRIC_ROWS] if metrics else None,
         metrics_protocol=", ".join(f"{k} {v}" for k, v in metrics["protocol"].items()) + f" ({metrics['suite']} suite)"
         if metrics else None,
+        self_check=describe(record["self_check"], advice=False) if "self_check" in record else None,
         robustness_link=None, citation=registered.citation if registered else "",
     )
     check_card_yaml(card)

@@ -10,7 +10,7 @@ pipeline and erasure.json) only when it is complete.
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -38,6 +38,12 @@ class EraseResult:
     record: dict  # what erasure.json holds
     artifacts: dict = field(default_factory=dict)  # in-memory side results, e.g. {"saliency_mask": {name: tensor}}
 
+    @property
+    def erased(self) -> bool | None:
+        """The self-check's verdict (erasure/self_check.py): True, False, or None where it cannot tell."""
+        check = self.record["self_check"]
+        return None if check["margin_remaining"] is None else check["erased"]
+
 
 def with_model_defaults(config: EraseConfig, base: BaseModel) -> tuple[EraseConfig, dict]:
     """`config` with every unset field filled from the base model's profile, else the official
@@ -47,6 +53,86 @@ def with_model_defaults(config: EraseConfig, base: BaseModel) -> tuple[EraseConf
     config, sources = config.with_defaults(settings)
     config.check()
     return config, sources
+
+
+def _run_checked(method, pipeline, config: EraseConfig, base: BaseModel, session: Session) -> tuple[dict, dict]:
+    """The method, with the self-check's data and base numbers taken before it and its verdict after;
+    with `until_erased`, in rounds until the verdict passes."""
+    from .self_check import SelfCheck
+
+    with session.timer.phase("self_check"):
+        check = SelfCheck(pipeline, config, base.profile, session)
+    if getattr(config, "until_erased", False):
+        return _until_erased(method, pipeline, config, check, session)
+    method_record, artifacts = method.load_erase_pipeline()(pipeline, config, session)
+    pipeline.to(session.accelerator.device)  # methods may park frozen parts on the CPU
+    with session.timer.phase("self_check"):
+        method_record["self_check"] = check.verdict(pipeline)
+    return method_record, artifacts
+
+
+def _until_erased(method, pipeline, config, check, session: Session) -> tuple[dict, dict]:
+    """Erase in rounds, each from the base weights with the settings the last verdict calls for
+    (self_check.next_round), until the self-check passes or `max_rounds` are done. Each round works
+    in OUT.incomplete/round-K; rounds.json lists the finished ones, so a resumed run replays their
+    decisions and continues the round it was in. The main process's verdict decides for all."""
+    from accelerate.utils import broadcast_object_list
+
+    from .self_check import describe, next_round, passed
+
+    accelerator = session.accelerator
+    start = {name: {k: v.detach().to("cpu", copy=True) for k, v in getattr(pipeline, name).state_dict().items()}
+             for name in ("unet", "text_encoder")}
+    log_file = os.path.join(session.work_dir, "rounds.json") if session.work_dir else None
+    finished = []
+    if log_file and os.path.isfile(log_file):
+        with open(log_file) as f:
+            finished = json.load(f)
+        if finished and (passed(finished[-1]["self_check"]) or len(finished) == config.max_rounds):
+            finished.pop()  # it ended the run, but its weights were not saved: run it again
+    rounds, tried, round_config = [], {}, config
+    for k in range(config.max_rounds):
+        work = os.path.join(session.work_dir, f"round-{k}") if session.work_dir else None
+        changed = {n: v for n, v in round_config.settings().items() if v != config.settings()[n]}
+        if k < len(finished):
+            verdict = finished[k]["self_check"]
+        else:
+            for name, state in start.items():
+                getattr(pipeline, name).load_state_dict(state)
+            if work and accelerator.is_main_process:
+                os.makedirs(work, exist_ok=True)
+            resume = config.resume_from_checkpoint if k == len(finished) else None
+            method_record, artifacts = method.load_erase_pipeline()(
+                pipeline, replace(round_config, resume_from_checkpoint=resume), replace(session, work_dir=work))
+            pipeline.to(accelerator.device)
+            with session.timer.phase("self_check"):
+                verdict = check.verdict(pipeline)
+            if accelerator.num_processes > 1:  # weights agree within float tolerance; one verdict for all
+                verdict = broadcast_object_list([verdict])[0]
+            accelerator.print(f"round {k + 1}/{config.max_rounds}: learning rate {round_config.learning_rate:g}"
+                              + "".join(f", {n} {v}" for n, v in changed.items() if n != "learning_rate")
+                              + f": {describe(verdict, advice=False)}")
+        rounds.append({"round": k + 1, "learning_rate": round_config.learning_rate,
+                       "settings": changed,
+                       "self_check": {key: verdict[key] for key in ("erased", "margin_remaining", "retain_drift",
+                                                                    "retain_kept")}})
+        if log_file and accelerator.is_main_process:
+            with open(log_file, "w") as f:
+                json.dump(rounds, f, indent=1)
+        following = next_round(round_config, verdict, tried)
+        if following is None or k + 1 == config.max_rounds:
+            break
+        round_config = following
+    if work and accelerator.is_main_process:  # the last round's side files (e.g. its mask) are the output's
+        for name in os.listdir(work):
+            if not name.startswith("checkpoint-"):
+                os.replace(os.path.join(work, name), os.path.join(session.work_dir, name))
+        for k in range(len(rounds)):
+            shutil.rmtree(os.path.join(session.work_dir, f"round-{k}"), ignore_errors=True)
+        os.remove(log_file)
+    method_record.update(self_check=verdict, rounds=rounds,
+                         final_settings=json.loads(json.dumps(round_config.settings())))
+    return method_record, artifacts
 
 
 def _record(config: EraseConfig, base: BaseModel, sources: dict, method_record: dict, session: Session) -> dict:
@@ -87,8 +173,7 @@ def erase_pipeline(pipeline, config: EraseConfig, step_callback=None, show_progr
     config.check_inputs()
     config.check_with_pipeline(pipeline)
     session = _session(config, pipeline, step_callback=step_callback, show_progress=show_progress)
-    method_record, artifacts = method.load_erase_pipeline()(pipeline, config, session)
-    pipeline.to(session.accelerator.device)  # methods may park frozen parts on the CPU; inference needs them back
+    method_record, artifacts = _run_checked(method, pipeline, config, base, session)
     return EraseResult(None, _record(config, base, sources, method_record, session), artifacts)
 
 
@@ -120,7 +205,7 @@ def erase(config: EraseConfig, step_callback=None, show_progress=True) -> EraseR
     if getattr(config, "report_to", None):
         accelerator.init_trackers("sd-erase", config={k: str(v) for k, v in config.settings().items()})
     try:
-        method_record, artifacts = method.load_erase_pipeline()(pipeline, config, session)
+        method_record, artifacts = _run_checked(method, pipeline, config, base, session)
     except EraseError:  # bad input found late (e.g. a singular closed-form system): leave no half-written output
         if accelerator.is_main_process and resume is None:
             shutil.rmtree(output.partial, ignore_errors=True)
@@ -138,7 +223,7 @@ def erase(config: EraseConfig, step_callback=None, show_progress=True) -> EraseR
             shutil.rmtree(folder)
         os.remove(os.path.join(output.partial, "erase-settings.json"))
         output.commit()
-        accelerator.print(f"erased {shorten(config.concept)} with {config.method}: {output.path}")
+        accelerator.print(f"wrote {output.path} ({config.method}, concept {shorten(config.concept)})")
     accelerator.end_training()
     return EraseResult(output.path, record, artifacts)
 

@@ -17,7 +17,7 @@ and the shared primitives are imported where the work starts.
 """
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Literal
 
 from .config import Sampler, TrainingConfig, option
@@ -102,6 +102,9 @@ class SalUnConfig(TrainingConfig):
         retain = self.retain_prompts or preset.retain
         return {"forget_prompts": preset.forget, "retain_prompts": retain, "misaligned_prompts": retain,
                 "retain_loss_weight": RETAIN_LOSS_WEIGHT[preset.kind]}
+
+    def narrower(self):
+        return replace(self, scope="xattn") if self.scope == "full" else None
 
     def check_inputs(self) -> None:
         from .data import read_image_folder

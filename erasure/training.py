@@ -102,10 +102,12 @@ class PhaseTimer:
         yield
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.peak_memory_bytes[name] = torch.cuda.max_memory_allocated(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
         else:
-            self.peak_memory_bytes[name] = peak_rss_bytes()
-        self.seconds[name] = round(time.perf_counter() - start, 3)
+            peak = peak_rss_bytes()
+        # a phase entered twice (e.g. the self-check, before and after the method) adds up
+        self.peak_memory_bytes[name] = max(peak, self.peak_memory_bytes.get(name, 0))
+        self.seconds[name] = round(self.seconds.get(name, 0) + time.perf_counter() - start, 3)
 
     def report(self) -> dict:
         kind = "cuda_max_allocated" if self.device.type == "cuda" else "cpu_max_rss"

@@ -126,9 +126,11 @@ class Sample:
     style: str  # a STYLES name or "none"
 
 
-def dataset(n: int, seed: int, with_none: bool = False) -> list[Sample]:
-    """n samples, deterministic in (n, seed). With `with_none`, a share are judge-only negatives:
-    blank/noise images (object and style none) and grey or black shapes (style none)."""
+def dataset(n: int, seed: int, with_none: bool = False, template_ids=(0, 1, 2)) -> list[Sample]:
+    """n samples, deterministic in (n, seed), captioned with the TEMPLATES of `template_ids`. With
+    `with_none`, a share are judge-only negatives: blank/noise images (object and style none) and
+    grey or black shapes (style none)."""
+    templates = [TEMPLATES[i] for i in template_ids]
     rng = random.Random(seed)
     samples = []
     for _ in range(n):
@@ -141,7 +143,7 @@ def dataset(n: int, seed: int, with_none: bool = False) -> list[Sample]:
             samples.append(Sample(render(obj, rng.choice(NO_STYLE_COLORS), rng), "", obj, NONE))
             continue
         style = rng.choice(STYLES)
-        caption = rng.choice(TEMPLATES).format(style=rng.choice(style_words(style)), object=obj)
+        caption = rng.choice(templates).format(style=rng.choice(style_words(style)), object=obj)
         samples.append(Sample(render(obj, COLORS[style], rng), caption, obj, style))
     return samples
 

@@ -14,6 +14,7 @@ from ..erasure.job import erase
 from ..erasure.methods import DEFAULT_METHOD
 from ..erasure.model_io import load_pipeline
 from ..erasure.registry import get_method
+from ..erasure.self_check import describe
 from ..erasure.training import library_versions
 from .generate import GenerationSettings, check_same_run, generate_images, process_state
 from .judge import load_judge
@@ -65,12 +66,13 @@ def demo(output_dir: str = "shapes-demo", concept: str = "circle", overwrite: bo
         raise EraseError(f"{output_dir} already exists: choose another --output, or pass --overwrite to replace it")
     start = time.perf_counter()
     model_dir, report_dir = os.path.join(output_dir, f"shapes-erased-{concept}"), os.path.join(output_dir, "report")
-    erase(get_method(method).config(model="shapes", concept=concept, output_dir=model_dir, overwrite=overwrite),
-          show_progress=show_progress)
+    result = erase(get_method(method).config(model="shapes", concept=concept, output_dir=model_dir, overwrite=overwrite),
+                   show_progress=show_progress)
     metrics = evaluate_shapes(model_dir, concept, report_dir, overwrite=overwrite, show_progress=show_progress)
     seconds = time.perf_counter() - start
     print(f"\nErased '{concept}' from the bundled shapes model with {method} in {seconds:.0f} s.\n")
     print(format_table(metrics))
+    print(f"\nself-check (no judge): {describe(result.record['self_check'], advice=False)}")
     print(f"\nerased model: {model_dir}\nreport:       {os.path.join(report_dir, 'report.html')}\n"
           f"grids:        {os.path.join(report_dir, 'grid-base.png')}, {os.path.join(report_dir, 'grid-erased.png')}")
     return {**metrics, "demo_seconds": seconds}

@@ -52,6 +52,8 @@ class ShapesTrainingConfig:
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
     fidelity_images_per_prompt: int = 8
+    caption_templates: str = "0,1,2"  # which shapes.TEMPLATES the captions use (the caption mix)
+    write_profile: bool = True  # write the world's sd_erasure_profile.json into the model folder
 
 
 def build_models(tokenizer_dir: str):
@@ -143,7 +145,8 @@ def train(output: str, config: ShapesTrainingConfig = ShapesTrainingConfig(), pr
     partial = os.path.join(output, "shapes-sd.incomplete")
     shutil.rmtree(partial, ignore_errors=True)
     tokenizer, vae, text_encoder, unet = build_models(os.path.join(partial, "tokenizer"))
-    samples = dataset(config.num_images, seed=config.seed + 1)
+    samples = dataset(config.num_images, seed=config.seed + 1,
+                      template_ids=tuple(int(i) for i in config.caption_templates.split(",")))
     images = to_tensor([s.image for s in samples])
     start = time.perf_counter()
     vae_loss = train_vae(vae, images, config, progress)
@@ -163,8 +166,9 @@ def train(output: str, config: ShapesTrainingConfig = ShapesTrainingConfig(), pr
                                        requires_safety_checker=False)
     fidelity = prompt_fidelity(pipeline, judge, Protocol(images_per_prompt=config.fidelity_images_per_prompt))
     pipeline.save_pretrained(partial, safe_serialization=True)
-    with open(os.path.join(partial, PROFILE_FILE), "w") as f:  # the world's concepts and prompts for `sd-erase erase`
-        json.dump(world_profile(), f, indent=1)
+    if config.write_profile:  # the world's concepts and prompts for `sd-erase erase`
+        with open(os.path.join(partial, PROFILE_FILE), "w") as f:
+            json.dump(world_profile(), f, indent=1)
     final = os.path.join(output, "shapes-sd")
     shutil.rmtree(final, ignore_errors=True)
     os.rename(partial, final)
@@ -185,7 +189,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Train the bundled shapes-world model and judge.")
     parser.add_argument("--output", required=True, help="folder for shapes-sd/, shapes-judge.safetensors, shapes-training.json")
     for name, value in asdict(ShapesTrainingConfig()).items():
-        parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+        if isinstance(value, bool):
+            parser.add_argument("--" + name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=value)
+        else:
+            parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
     args = vars(parser.parse_args(argv))
     output = args.pop("output")
     os.makedirs(output, exist_ok=True)

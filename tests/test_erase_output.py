@@ -80,10 +80,12 @@ def test_erasure_json_records_the_run(tiny_sd, erased):
     assert record["base_model"] == {"id": str(tiny_sd), "revision": None}
     hp = record["hyperparameters"]
     assert (hp["learning_rate"], hp["retain_loss_weight"], hp["mask_ratio"], hp["steps"]) == (1e-5, 0.1, 0.5, 6)
-    assert set(record["seconds"]) == {"data", "saliency", "unlearning", "save"}
+    assert set(record["seconds"]) == {"self_check", "data", "saliency", "unlearning", "save"}
     assert set(record["peak_memory"]["bytes"]) == set(record["seconds"])
     assert record["versions"]["sd-erasure"]
     assert record["data"] == {"forget_size": 16, "retain_size": 16}
+    # random weights tie no prompt to its images: the self-check says it cannot tell (and the CLI exits 0)
+    assert record["self_check"]["margin_remaining"] is None and record["self_check"]["concept_margin"]["base"] is not None
 
 
 def test_xattn_scope_changes_cross_attention_only(tiny_sd, tmp_path):

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from conftest import erase_cli, unet_weights
 from sd_erasure.erasure.esd import trains
+from sd_erasure.erasure.self_check import EXIT_NOT_ERASED
 
 ESD_FAST = ["--steps", "3", "--synthesis-steps", "4"]
 
@@ -141,12 +142,16 @@ def test_each_method_erases_circle_on_the_shapes_world(tmp_path, method, ua_gain
     shorter = {"uce": [], "esd": [],
                "salun-soft": ["--num-images", "128"]}[method]
     out = tmp_path / method
-    assert erase_cli("--model", "shapes", "--concept", "circle", "--output", out, "--method", method, *shorter) == 0
+    code = erase_cli("--model", "shapes", "--concept", "circle", "--output", out, "--method", method, *shorter)
     metrics = evaluate_shapes(str(out), "circle", str(tmp_path / "report"), protocol=Protocol(images_per_prompt=2),
                               show_progress=False)
     base, erased = metrics["base"], metrics["erased"]
     assert erased["UA"] >= base["UA"] + ua_gain, metrics
     assert erased["IRA"] >= base["IRA"] - 0.1, metrics
+    check = json.loads((out / "erasure.json").read_text())["self_check"]  # exit 0 when the self-check finds the concept gone, else 3
+    assert code == (0 if check["erased"] else EXIT_NOT_ERASED), (code, check)
+    if erased["UA"] >= 0.9 or erased["UA"] < 0.5:  # the check agrees with the judge where the judge is clear
+        assert check["erased"] is (erased["UA"] >= 0.9), (check, metrics)
 
 
 def test_card_of_any_method_says_what_changed(uce_output):

@@ -95,10 +95,30 @@ def test_erasing_circle_raises_ua_and_keeps_the_rest(tmp_path):
                               show_progress=False)
     base, erased = metrics["base"], metrics["erased"]
     assert erased["UA"] >= base["UA"] + 0.5, metrics
+    assert record["self_check"]["erased"] is (erased["UA"] >= 0.9), (record["self_check"], metrics)
     assert erased["IRA"] >= base["IRA"] - 0.1 and erased["CRA"] >= base["CRA"] - 0.1, metrics
     report = tmp_path / "report"
     assert {"metrics.json", "report.html", "grid-base.png", "grid-erased.png"} <= set(os.listdir(report))
     assert 'src="grid-erased.png"' in (report / "report.html").read_text()
+
+
+def test_an_erase_that_changes_nothing_says_not_erased_and_exits_3(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from sd_erasure import BUNDLED_MODELS
+    from sd_erasure.erasure.self_check import EXIT_NOT_ERASED
+
+    out = tmp_path / "dry-run"
+    capsys.readouterr()
+    code = erase_cli("--model", "shapes", "--concept", "circle", "--output", out, "--num-images", "64",
+                     "--learning-rate", "0")
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert code == EXIT_NOT_ERASED == 3 and last.startswith("NOT erased: concept margin") and "--learning-rate" in last
+    check = json.loads((out / "erasure.json").read_text())["self_check"]  # the output is still written
+    assert check["erased"] is False and check["margin_remaining"] == pytest.approx(1.0)
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    base, kept = load_file(os.path.join(BUNDLED_MODELS["shapes"], weights)), load_file(out / weights)
+    assert all(torch.equal(base[k], kept[k]) for k in base)
 
 
 @pytest.mark.parametrize("args, message", [
