@@ -107,9 +107,13 @@ def publish(result: dict, record: bool) -> dict:
     """Print a benchmark result; with `record`, append it to benchmarks/results.jsonl."""
     print(json.dumps(result, indent=1))
     if record:
-        with open(RESULTS, "a") as f:
-            f.write(json.dumps(result) + "\n")
+        append_rows([result])
     return result
+
+
+def append_rows(rows: list[dict]) -> None:
+    with open(RESULTS, "a") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
 
 
 if __name__ == "__main__":

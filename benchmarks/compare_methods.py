@@ -19,7 +19,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 
-from benchmarks.bench_erase import RESULTS, device_name
+from benchmarks.bench_erase import RESULTS, append_rows, device_name
 from sd_erasure import methods
 from sd_erasure.erasure.self_check import EXIT_NOT_ERASED
 
@@ -42,6 +42,19 @@ def erase_in_subprocess(method: str, concept: str, work: str, extra: list[str], 
     wall = time.perf_counter() - started
     with open(os.path.join(output, "erasure.json")) as f:
         return json.load(f), wall
+
+
+def erase_and_evaluate(method: str, concept: str, work: str, extra: list[str], name: str | None = None,
+                       cache: str | None = None, images_per_prompt: int = 8) -> tuple[dict, float, dict]:
+    """erase_in_subprocess, then the shapes protocol on its output (base model alongside): record, seconds, metrics."""
+    from sd_erasure.evaluation.metrics import Protocol
+    from sd_erasure.evaluation.suite import evaluate_shapes
+
+    name = name or f"{method}-{concept}"
+    record, wall = erase_in_subprocess(method, concept, work, extra, name, cache)
+    metrics = evaluate_shapes(os.path.join(work, name), concept, os.path.join(work, f"report-{name}"),
+                              protocol=Protocol(images_per_prompt=images_per_prompt), show_progress=False)
+    return record, wall, metrics
 
 
 def table(rows: list[dict]) -> str:
@@ -67,15 +80,11 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--record", action="store_true", help=f"append the rows to {os.path.relpath(RESULTS)}")
     args = parser.parse_args(argv)
 
-    from sd_erasure.evaluation.suite import evaluate_shapes
-
     rows = []
     with tempfile.TemporaryDirectory() as work:
         for concept in args.concepts:
             for method in args.methods:
-                record, wall = erase_in_subprocess(method, concept, work, args.erase_args.split())
-                metrics = evaluate_shapes(os.path.join(work, f"{method}-{concept}"), concept,
-                                          os.path.join(work, f"report-{method}-{concept}"), show_progress=False)
+                record, wall, metrics = erase_and_evaluate(method, concept, work, args.erase_args.split())
                 changed = record["changed"]
                 row = {
                     "benchmark": "compare_methods", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -95,8 +104,7 @@ def main(argv=None) -> list[dict]:
                       f"CRA {row['erased']['CRA']:.3f} FID {row['erased']['FID']:.1f} {wall:.0f} s", flush=True)
     print(table(rows))
     if args.record:
-        with open(RESULTS, "a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+        append_rows(rows)
     return rows
 
 

@@ -12,13 +12,12 @@ Prints a table and the agreement; `--record` appends the rows to benchmarks/resu
 """
 
 import argparse
-import json
 import os
 import tempfile
 from datetime import datetime, timezone
 
-from benchmarks.bench_erase import RESULTS, device_name
-from benchmarks.compare_methods import erase_in_subprocess
+from benchmarks.bench_erase import RESULTS, append_rows, device_name
+from benchmarks.compare_methods import erase_and_evaluate
 
 # Settings that erase, half erase, do nothing or damage the rest; SalUn unless the flags name another method.
 SETTINGS = {
@@ -42,9 +41,6 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--record", action="store_true", help=f"append the rows to {os.path.relpath(RESULTS)}")
     args = parser.parse_args(argv)
 
-    from sd_erasure.evaluation.metrics import Protocol
-    from sd_erasure.evaluation.suite import evaluate_shapes
-
     rows = []
     with tempfile.TemporaryDirectory() as work:
         for concept in args.concepts:
@@ -53,11 +49,9 @@ def main(argv=None) -> list[dict]:
                 method = flags[flags.index("--method") + 1] if "--method" in flags else "salun"
                 extra = [f for i, f in enumerate(flags) if f != "--method" and (i == 0 or flags[i - 1] != "--method")]
                 name = f"{setting}-{concept}"
-                record, wall = erase_in_subprocess(method, concept, work, extra, name=name,
-                                                   cache=os.path.join(work, f"cache-{concept}"))
-                metrics = evaluate_shapes(os.path.join(work, name), concept, os.path.join(work, f"report-{name}"),
-                                          protocol=Protocol(images_per_prompt=args.images_per_prompt),
-                                          show_progress=False)
+                record, wall, metrics = erase_and_evaluate(method, concept, work, extra, name=name,
+                                                           cache=os.path.join(work, f"cache-{concept}"),
+                                                           images_per_prompt=args.images_per_prompt)
                 check, base, erased = record["self_check"], metrics["base"], metrics["erased"]
                 judge_retained = all(erased[k] >= base[k] - RETAIN_TOLERANCE for k in ("IRA", "CRA"))
                 row = {"benchmark": "validate_self_check", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -80,8 +74,7 @@ def main(argv=None) -> list[dict]:
     print(f"\nverdict agrees with the judge: {agree:.0%} of {len(rows)}; retain verdict: {retain_agree:.0%}; "
           f"'erased' while UA < 0.5: {false_erased or 'never'}")
     if args.record:
-        with open(RESULTS, "a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+        append_rows(rows)
     return rows
 
 

@@ -2,15 +2,21 @@
 
 Concept margin (a diffusion-classifier margin). Before the method runs, the base model synthesizes
 images of the concept from its prompts, on a seed stream of their own (the method never trains on
-them). Each is noised at fixed timesteps with fixed noise, and the model's denoising error is
-measured under the concept's prompt and under its anchor, the prompt the concept is steered to (a
+them). Each is noised at fixed timesteps with fixed noise, and the denoising error is measured
+under the concept's prompt and under its anchor, the prompt the concept is steered to (a
 misaligned prompt where the method or the model profile has one, else the retain prompt):
 
-    margin = mean error(anchor prompt) − mean error(concept prompt)
+    gain(model, prompt) = model's error(empty prompt) − model's error(prompt)
+    margin(model)       = gain(model, concept prompt) − gain(base, anchor prompt)
 
-A model that still ties the prompt to the concept explains the concept's images better with that
-prompt than with the anchor: the base model's margin is positive. The check reports how much of
-it remains, margin(erased) / margin(base): 1 is unchanged, 0 or less is gone.
+How much more the concept's prompt helps the model denoise the concept's images than the anchor
+helped the base model. The base model's margin is positive; the check reports how much of it the
+erased model keeps: 1 unchanged, 0 when the concept prompt helps no more than the base's anchor
+did, below 0 less. Measuring the concept prompt by its gain over the same model's empty prompt
+keeps a model that got worse everywhere from looking erased (SalUn's official settings on the
+shapes model raise every error by ~12%), and holding the anchor at the base's keeps a moving
+anchor from hiding an erasure (erasing red onto green makes "green" explain red images worse
+too). The erased model's own anchor error is recorded, not used.
 
 Retain drift: the relative change, erased vs base, of the denoising error of held-out images of
 the retain prompts under their own prompts: what the erasure cost elsewhere.
@@ -86,8 +92,8 @@ class SelfCheck:
             self.retain = synthesize_latents(pipeline, self.prompts.retain, **synthesis)
         self.anchors = [self.prompts.anchor[self.prompts.concept.index(p) % len(self.prompts.anchor)]
                         for p in self.concept.prompts]
-        self.embeddings = encode_prompts(pipeline, self.prompts.concept + self.prompts.anchor + self.prompts.retain,
-                                         self.device)
+        self.embeddings = encode_prompts(pipeline, self.prompts.concept + self.prompts.anchor + self.prompts.retain
+                                         + [""], self.device)
         self.seed = config.seed
         self.unknown = unknown_words(pipeline.tokenizer, self.prompts.concept + self.prompts.anchor)
         if self.unknown:
@@ -116,12 +122,14 @@ class SelfCheck:
     def errors(self, unet) -> dict:
         return {"concept_prompt": self._mean_error(unet, self.concept.latents, self.concept.prompts, "concept"),
                 "anchor_prompt": self._mean_error(unet, self.concept.latents, self.anchors, "concept"),
+                "empty_prompt": self._mean_error(unet, self.concept.latents, [""] * len(self.anchors), "concept"),
                 "retain": self._mean_error(unet, self.retain.latents, self.retain.prompts, "retain")}
 
     def verdict(self, pipeline) -> dict:
         """The record of the check on `pipeline` as it is now (erasure.json's `self_check`)."""
         erased = self.errors(pipeline.unet)
-        margins = {name: errors["anchor_prompt"] - errors["concept_prompt"]
+        anchor_gain = self.base["empty_prompt"] - self.base["anchor_prompt"]
+        margins = {name: errors["empty_prompt"] - errors["concept_prompt"] - anchor_gain
                    for name, errors in (("base", self.base), ("erased", erased))}
         tied = margins["base"] > MIN_BASE_MARGIN * self.base["anchor_prompt"] and not self.unknown
         remaining = margins["erased"] / margins["base"] if tied else None

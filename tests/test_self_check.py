@@ -64,21 +64,20 @@ def test_on_a_checkpoint_without_a_profile_prompts_it_cannot_read_are_not_called
     assert record["self_check"]["unknown_words"] == ["photo"] and len(record["rounds"]) == 1  # nothing to adapt to
 
 
-def test_until_erased_erases_on_a_checkpoint_without_a_profile_given_its_words(tmp_path):
-    from sd_erasure.evaluation.metrics import Protocol
-    from sd_erasure.evaluation.suite import evaluate_shapes
-
+def test_until_erased_runs_rounds_from_the_base_weights_and_records_them(tmp_path):
     words = []
     for colour in ("red", "blue", "green"):
         words += ["--forget-prompt", f"a {colour} circle", "--misaligned-prompt", f"a {colour} square"]
     for prompt in ("a red square", "a yellow star", "a purple triangle", "a blue cross"):
         words += ["--retain-prompt", prompt]
-    out = tmp_path / "no-circle"
-    assert erase_cli("--model", SECOND_CHECKPOINT, "--concept", "circle", "--output", out, "--until-erased",
-                     "--num-images", "128", "--synthesis-steps", "25", *words) == 0
+    out = tmp_path / "rounds"
+    code = erase_cli("--model", SECOND_CHECKPOINT, "--concept", "circle", "--output", out, "--until-erased",
+                     "--max-rounds", "3", "--num-images", "64", "--synthesis-steps", "25", *words)
     record = json.loads((out / "erasure.json").read_text())
-    assert record["self_check"]["erased"] and len(record["rounds"]) >= 2  # the official learning rate did not erase
-    assert not any(name.startswith("round-") for name in os.listdir(out))
-    metrics = evaluate_shapes(str(out), "circle", str(tmp_path / "report"), base=SECOND_CHECKPOINT,
-                              protocol=Protocol(images_per_prompt=2), show_progress=False)
-    assert metrics["erased"]["UA"] >= 0.9, metrics
+    rates = [r["learning_rate"] for r in record["rounds"]]
+    assert rates[0] == 1e-5 and all(later > earlier for earlier, later in zip(rates, rates[1:]))  # raised while not erased
+    assert len(rates) == 3 or record["self_check"]["erased"]
+    assert code == (0 if record["self_check"]["erased"] else 3)
+    assert record["final_settings"]["learning_rate"] == rates[-1]
+    assert (out / "saliency_mask.safetensors").is_file()  # the last round's side files are the output's
+    assert not any(name.startswith("round-") or name == "rounds.json" for name in os.listdir(out))
