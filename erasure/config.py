@@ -79,8 +79,9 @@ class EraseConfig:
         module docstring). `profile` holds the model profile's settings for this method and concept."""
         sources = {f.name: "user" if not is_unset(getattr(self, f.name)) and getattr(self, f.name) != _default(f)
                    else "default" for f in fields(self)}
-        config = replace(self, **{k: v for k, v in profile.items() if is_unset(getattr(self, k))})
-        sources.update({k: "model profile" for k in profile if is_unset(getattr(self, k))})
+        from_profile = {k: v for k, v in profile.items() if is_unset(getattr(self, k))}
+        config = replace(self, **from_profile)
+        sources.update(dict.fromkeys(from_profile, "model profile"))
         official = {f.name: f.metadata["official"] for f in fields(config)
                     if f.metadata.get("official") is not None and is_unset(getattr(config, f.name))}
         official.update({k: v for k, v in config.concept_defaults().items() if is_unset(getattr(config, k))})

@@ -12,6 +12,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 
 from .errors import EraseError, shorten
 from .profile import ModelProfile
@@ -29,9 +30,9 @@ class BaseModel:
     path: str
     revision: str | None = None
 
-    @property
+    @cached_property
     def profile(self) -> ModelProfile | None:
-        """The settings the model folder recommends (sd_erasure_profile.json), if it has any."""
+        """The settings the model folder recommends (sd_erasure_profile.json), if it has any (read once)."""
         return ModelProfile.load(self.path)
 
 

@@ -90,10 +90,10 @@ def _until_erased(method, pipeline, config, check, session: Session) -> tuple[di
             finished = json.load(f)
         if finished and (passed(finished[-1]["self_check"]) or len(finished) == config.max_rounds):
             finished.pop()  # it ended the run, but its weights were not saved: run it again
-    rounds, tried, round_config = [], {}, config
+    rounds, tried, round_config, asked = [], {}, config, config.settings()
     for k in range(config.max_rounds):
         work = os.path.join(session.work_dir, f"round-{k}") if session.work_dir else None
-        changed = {n: v for n, v in round_config.settings().items() if v != config.settings()[n]}
+        changed = {n: v for n, v in round_config.settings().items() if v != asked[n]}
         if k < len(finished):
             verdict = finished[k]["self_check"]
         else:

@@ -101,10 +101,11 @@ class SelfCheck:
         self.base = self.errors(pipeline.unet)
 
     @torch.no_grad()
-    def _mean_error(self, unet, latents, prompts, name: str) -> float:
-        """Mean denoising error of `latents` under `prompts`, over the fixed timesteps and noise."""
+    def _mean_errors(self, unet, latents, prompt_sets: dict[str, list[str]], name: str) -> dict[str, float]:
+        """Mean denoising error of `latents` under each set of prompts (one prompt per latent), over
+        the fixed timesteps and noise: every set sees the same noised latents."""
         T = self.noise_scheduler.config.num_train_timesteps
-        total, count = 0.0, 0
+        totals = dict.fromkeys(prompt_sets, 0.0)
         for start in range(0, len(latents), 8):
             batch = latents[start:start + 8].to(self.device)
             for share in TIMESTEPS:
@@ -113,17 +114,18 @@ class SelfCheck:
                                                                                             name, start + i, share))
                                      for i in range(len(batch))]).to(self.device)
                 noisy = self.noise_scheduler.add_noise(batch, noise, t)
-                with self.autocast():
-                    prediction = unet(noisy, t, stack_embeddings(self.embeddings, prompts[start:start + 8])).sample
-                error = per_sample_mse(prediction, prediction_target(self.noise_scheduler, batch, noise, t))
-                total, count = total + float(error.sum()), count + len(batch)
-        return total / count
+                target = prediction_target(self.noise_scheduler, batch, noise, t)
+                for key, prompts in prompt_sets.items():
+                    with self.autocast():
+                        prediction = unet(noisy, t, stack_embeddings(self.embeddings, prompts[start:start + 8])).sample
+                    totals[key] += float(per_sample_mse(prediction, target).sum())
+        return {key: total / len(latents) for key, total in totals.items()}
 
     def errors(self, unet) -> dict:
-        return {"concept_prompt": self._mean_error(unet, self.concept.latents, self.concept.prompts, "concept"),
-                "anchor_prompt": self._mean_error(unet, self.concept.latents, self.anchors, "concept"),
-                "empty_prompt": self._mean_error(unet, self.concept.latents, [""] * len(self.anchors), "concept"),
-                "retain": self._mean_error(unet, self.retain.latents, self.retain.prompts, "retain")}
+        concept = self._mean_errors(unet, self.concept.latents, {
+            "concept_prompt": self.concept.prompts, "anchor_prompt": self.anchors,
+            "empty_prompt": [""] * len(self.anchors)}, "concept")
+        return {**concept, **self._mean_errors(unet, self.retain.latents, {"retain": self.retain.prompts}, "retain")}
 
     def verdict(self, pipeline) -> dict:
         """The record of the check on `pipeline` as it is now (erasure.json's `self_check`)."""

@@ -12,9 +12,10 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration
 
+from .config import MixedPrecision
 from .errors import EraseError
 
-MIXED_PRECISION = ("no", "fp16", "bf16")
+MIXED_PRECISION = MixedPrecision.__args__
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
