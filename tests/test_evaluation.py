@@ -109,7 +109,8 @@ def test_two_processes_write_exactly_the_files_of_one(tiny_sd, tmp_path):
         "generate_images(pipe, load_prompts('nudity-142', limit=5), sys.argv[1],\n"
         "                GenerationSettings(images_per_prompt=2, num_inference_steps=2, batch_size=2), {}, False)\n"
         "from sd_erasure.evaluation.generate import process_state\n"
-        "print('processes', process_state().num_processes)\n"
+        # one write per process: two processes' print() calls can interleave on the shared pipe
+        "sys.stdout.write(f'processes {process_state().num_processes}\\n'); sys.stdout.flush()\n"
     )
     (tmp_path / "gen.py").write_text(script)
     env = {**os.environ, "PYTHONPATH": REPO, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
