@@ -12,7 +12,6 @@ allocated; CPU: peak RSS). Prints one JSON object; --record appends it to benchm
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time

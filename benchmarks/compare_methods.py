@@ -27,13 +27,13 @@ CONCEPTS = ("circle", "red")
 
 
 def erase_in_subprocess(method: str, concept: str, work: str, extra: list[str], name: str | None = None,
-                        cache: str | None = None) -> tuple[dict, float]:
+                        cache: str | None = None, model: str = "shapes") -> tuple[dict, float]:
     """`sd-erase erase` in its own process into work/NAME (default METHOD-CONCEPT); erasure.json and seconds.
     A run the self-check finds not erased is a result too (exit code EXIT_NOT_ERASED)."""
     name = name or f"{method}-{concept}"
     output = os.path.join(work, name)
     env = {**os.environ, "SD_ERASURE_CACHE": cache or os.path.join(work, f"cache-{name}")}
-    command = [sys.executable, "-m", "sd_erasure.erasure.cli", "erase", "--model", "shapes", "--method", method,
+    command = [sys.executable, "-m", "sd_erasure.erasure.cli", "erase", "--model", model, "--method", method,
                "--concept", concept, "--output", output, *extra]
     started = time.perf_counter()
     done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -45,14 +45,14 @@ def erase_in_subprocess(method: str, concept: str, work: str, extra: list[str], 
 
 
 def erase_and_evaluate(method: str, concept: str, work: str, extra: list[str], name: str | None = None,
-                       cache: str | None = None, images_per_prompt: int = 8) -> tuple[dict, float, dict]:
+                       cache: str | None = None, images_per_prompt: int = 8, model: str = "shapes") -> tuple[dict, float, dict]:
     """erase_in_subprocess, then the shapes protocol on its output (base model alongside): record, seconds, metrics."""
     from sd_erasure.evaluation.metrics import Protocol
     from sd_erasure.evaluation.suite import evaluate_shapes
 
     name = name or f"{method}-{concept}"
-    record, wall = erase_in_subprocess(method, concept, work, extra, name, cache)
-    metrics = evaluate_shapes(os.path.join(work, name), concept, os.path.join(work, f"report-{name}"),
+    record, wall = erase_in_subprocess(method, concept, work, extra, name, cache, model)
+    metrics = evaluate_shapes(os.path.join(work, name), concept, os.path.join(work, f"report-{name}"), base=model,
                               protocol=Protocol(images_per_prompt=images_per_prompt), show_progress=False)
     return record, wall, metrics
 

@@ -223,6 +223,16 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_profile(args) -> int:
+    from .profile import parse_slot, write_caption_profile
+
+    slots = dict(map(parse_slot, args.slot))
+    path = write_caption_profile(args.model, args.template, slots, overwrite=args.overwrite)
+    concepts = [group[0] for groups in slots.values() for group in groups]
+    print(f"wrote {path}: {len(concepts)} concepts ({', '.join(concepts[:8])}{', ...' if len(concepts) > 8 else ''})")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from ..evaluation.suite import demo
 
@@ -295,6 +305,17 @@ def build_parser() -> Parser:
     push_parser.add_argument("--metrics", help="metrics.json written by `sd-erase evaluate`, shown in the card and its model-index")
     add_hub_arguments(push_parser)
     push_parser.set_defaults(run=cmd_push)
+    profile_parser = sub.add_parser("profile", help="write a model profile from the model's caption template",
+                                    description="For a model trained on captions of one template (a closed language): write "
+                                    "MODEL/sd_erasure_profile.json, so that every erase and its self-check read each concept's "
+                                    "prompts in the model's own words (SalUn's class-wise protocol over the captions).")
+    profile_parser.add_argument("--model", required=True, help="local diffusers model folder the profile is for")
+    profile_parser.add_argument("--template", required=True, help="the caption template with named slots, e.g. 'a {colour} {shape}'")
+    profile_parser.add_argument("--slot", action="append", required=True, metavar="NAME=WORD,WORD/SYNONYM,...",
+                                help="a slot's concepts, once per slot, outermost first: e.g. --slot shape=circle,square "
+                                "--slot colour=red/crimson,green (a word after '/' is a synonym of the one before)")
+    profile_parser.add_argument("--overwrite", action="store_true", help="replace the folder's existing profile")
+    profile_parser.set_defaults(run=cmd_profile)
     demo_parser = sub.add_parser("demo", help="erase 'circle' from the bundled shapes model and show before/after",
                                  description="Erase a concept from the bundled shapes-world model with the method's recommended settings, "
                                  "evaluate base and erased model, print the table and write the report.")

@@ -139,7 +139,8 @@ class TrainingConfig(EraseConfig):
             raise EraseError("`until_erased` resumes its rounds itself: pass `resume_from_checkpoint` latest")
 
     def narrower(self) -> "TrainingConfig | None":
-        """The same erase changing fewer weights, for --until-erased when the retain set drifted (None: no such)."""
+        """The same erase disturbing less of the rest (fewer weights, a fixed target), for --until-erased
+        when the retain set drifted (None: no such)."""
         return None
 
 

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from .config import EraseConfig
-from .errors import EraseError, shorten
+from .errors import FIELD, EraseError, shorten
 from .folders import BaseModel, OutputFolder, differing_keys, resolve_model
 from .registry import method_of
 
@@ -62,6 +62,11 @@ def _run_checked(method, pipeline, config: EraseConfig, base: BaseModel, session
 
     with session.timer.phase("self_check"):
         check = SelfCheck(pipeline, config, base.profile, session)
+    reason = check.cannot_tell()
+    if reason and getattr(config, "until_erased", False):  # nothing to adapt to: refuse before the first round
+        raise EraseError(f"`until_erased` needs a self-check that can tell, and {reason}")
+    if reason:
+        session.accelerator.print("warning: " + FIELD.sub(r"\1", reason))
     if getattr(config, "until_erased", False):
         return _until_erased(method, pipeline, config, check, session)
     method_record, artifacts = method.load_erase_pipeline()(pipeline, config, session)

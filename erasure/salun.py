@@ -104,7 +104,10 @@ class SalUnConfig(TrainingConfig):
                 "retain_loss_weight": RETAIN_LOSS_WEIGHT[preset.kind]}
 
     def narrower(self):
-        return replace(self, scope="xattn") if self.scope == "full" else None
+        # Both measured on the shapes model (its profile's notes): the whole UNet broke colour binding,
+        # the current model's target dragged the misaligned prompts along.
+        gentler = replace(self, scope="xattn" if self.scope == "full" else self.scope, misaligned_target="base")
+        return None if gentler == self else gentler
 
     def check_inputs(self) -> None:
         from .data import read_image_folder

@@ -32,7 +32,6 @@ import torch
 from diffusers import DDPMScheduler
 
 from .data import synthesize_latents
-from .errors import FIELD
 from .diffusion import encode_prompts, per_sample_mse, prediction_target, seeded_generator, stack_embeddings
 from .prompts import preset_prompts
 
@@ -96,9 +95,20 @@ class SelfCheck:
                                          + [""], self.device)
         self.seed = config.seed
         self.unknown = unknown_words(pipeline.tokenizer, self.prompts.concept + self.prompts.anchor)
-        if self.unknown:
-            session.accelerator.print("warning: " + FIELD.sub(r"\1", _unknown_words_note(self.unknown)))
         self.base = self.errors(pipeline.unet)
+        self.base_margin = self.base["empty_prompt"] - self.base["concept_prompt"] - self.anchor_gain
+
+    @property
+    def anchor_gain(self) -> float:
+        return self.base["empty_prompt"] - self.base["anchor_prompt"]
+
+    def cannot_tell(self) -> str | None:
+        """Why no verdict of this check can mean anything (decided by the base model alone), or None."""
+        if self.unknown:
+            return _unknown_words_note(self.unknown)
+        if self.base_margin <= MIN_BASE_MARGIN * self.base["anchor_prompt"]:
+            return _untied_note(self.base_margin)
+        return None
 
     @torch.no_grad()
     def _mean_errors(self, unet, latents, prompt_sets: dict[str, list[str]], name: str) -> dict[str, float]:
@@ -130,11 +140,9 @@ class SelfCheck:
     def verdict(self, pipeline) -> dict:
         """The record of the check on `pipeline` as it is now (erasure.json's `self_check`)."""
         erased = self.errors(pipeline.unet)
-        anchor_gain = self.base["empty_prompt"] - self.base["anchor_prompt"]
-        margins = {name: errors["empty_prompt"] - errors["concept_prompt"] - anchor_gain
-                   for name, errors in (("base", self.base), ("erased", erased))}
-        tied = margins["base"] > MIN_BASE_MARGIN * self.base["anchor_prompt"] and not self.unknown
-        remaining = margins["erased"] / margins["base"] if tied else None
+        margins = {"base": self.base_margin,
+                   "erased": erased["empty_prompt"] - erased["concept_prompt"] - self.anchor_gain}
+        remaining = None if self.cannot_tell() else margins["erased"] / margins["base"]
         drift = erased["retain"] / self.base["retain"] - 1
         return {
             "erased": remaining is not None and remaining <= MAX_REMAINING,
@@ -156,8 +164,7 @@ def describe(check: dict, advice: bool = True) -> str:
     if check["margin_remaining"] is None and check.get("unknown_words"):
         return f"not checked: {_unknown_words_note(check['unknown_words'])}; {drift}"
     if check["margin_remaining"] is None:
-        return (f"not checked: the base model hardly ties the concept's prompts to its images (margin "
-                f"{check['concept_margin']['base']:.3g}), so the self-check cannot tell; {drift}")
+        return f"not checked: {_untied_note(check['concept_margin']['base'])}; {drift}"
     margin = f"concept margin {check['concept_margin']['base']:.3g} → {check['concept_margin']['erased']:.3g} " \
              f"({check['margin_remaining']:.0%} remains)"
     if check["erased"]:
@@ -169,7 +176,13 @@ def describe(check: dict, advice: bool = True) -> str:
 def _unknown_words_note(words: list[str]) -> str:
     return (f"the model's tokenizer does not know {', '.join(map(repr, words[:5]))} from the concept's prompts, so "
             "neither the erase nor its check can mean much: give prompts in the model's own words (`forget_prompts`, "
-            "`retain_prompts`, `misaligned_prompts`) or a model profile")
+            "`retain_prompts`, `misaligned_prompts`) or a model profile (`sd-erase profile` writes one from the model's "
+            "caption template)")
+
+
+def _untied_note(base_margin: float) -> str:
+    return (f"the base model hardly ties the concept's prompts to its images (margin {base_margin:.3g}), so the "
+            "self-check cannot tell")
 
 
 def passed(check: dict) -> bool:
@@ -179,22 +192,23 @@ def passed(check: dict) -> bool:
 def next_round(config, check: dict, tried: dict):
     """The config of the next --until-erased round after `check`, or None when there is nothing to change.
 
-    Not erased: a higher learning rate (x10 when the margin barely moved, else x3; between the last
-    rate that failed and the lowest that erased, once one has). Erased with the retain set drifting
-    over budget: the method's narrower variant if it has one (SalUn: cross-attention only), else a
-    lower rate. `tried` carries the bounds from round to round.
+    The retain set drifting over budget: the method's narrower variant first, if it has one (SalUn:
+    cross-attention only, the base model's target), since a higher rate would move the rest more.
+    Else, not erased: a higher learning rate (x10 when the margin barely moved, else x3; between the
+    last rate that failed and the lowest that erased, once one has); erased: a lower rate. `tried`
+    carries the bounds from round to round.
     """
     if passed(check) or check["margin_remaining"] is None:
         return None
     rate = config.learning_rate
+    narrower = None if check["retain_kept"] else config.narrower()
+    if narrower is not None:
+        tried.clear()  # another set of weights: rates tried so far say little about it
+        return narrower
     if not check["erased"]:
         tried["failed"] = max(tried.get("failed", 0.0), rate)
         if "erased" in tried:
             return replace(config, learning_rate=(tried["failed"] * tried["erased"]) ** 0.5)
         return replace(config, learning_rate=max(rate, 1e-6) * (10 if check["margin_remaining"] > 0.9 else 3))
-    narrower = config.narrower()
-    if narrower is not None:
-        tried.clear()  # another set of weights: rates tried so far say little about it
-        return narrower
     tried["erased"] = min(tried.get("erased", float("inf")), rate)
     return replace(config, learning_rate=(tried["failed"] * rate) ** 0.5 if tried.get("failed") else rate / 3)

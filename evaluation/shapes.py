@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..erasure.profile import PROFILE_FILE
+from ..erasure.profile import PROFILE_FILE, caption_concepts
 
 OBJECTS = ("circle", "square", "triangle", "cross", "star")
 STYLES = ("red", "green", "blue", "yellow", "purple")
@@ -165,60 +165,11 @@ PROFILE_DESCRIPTION = ("The shapes world: 32x32 images of one coloured shape on 
                        "prompts follow SalUn's class-wise protocol on the world's captions.")
 
 
-def _replacement(concept: str) -> str:
-    """The next concept of the same kind: what an erased concept is steered to (circle -> square, red -> green)."""
-    if concept_kind(concept) == "object":
-        return OBJECTS[(OBJECTS.index(concept) + 1) % len(OBJECTS)]
-    return STYLES[(STYLES.index(canonical_style(concept)) + 1) % len(STYLES)]
-
-
-def _text_edit_concepts(concept: str) -> dict:
-    """Closed-form text edits (UCE) on this world: the text encoder is causal, so the hidden state at a word depends only on
-    the words before it. Editing at the concept's words in the captions ("a red" for red, "a red
-    circle" for circle) and every position after them (`to-end`: the end and padding tokens carry
-    the whole caption, and the UNet reads them; the last word alone left circle UA at 0.00) edits
-    what the UNet attends to, guided to the same captions with the replacement concept; every
-    other caption and colour prefix is preserved."""
-    replacement = _replacement(concept)
-    prefixes = {f"a {w}" for s in STYLES for w in style_words(s)} | {p.text for p in prompts()}
-    if concept_kind(concept) == "object":
-        erase = sorted(p.text for p in prompts() if p.object == concept)
-        guide = [text.replace(concept, replacement) for text in erase]
-    else:
-        style = canonical_style(concept)
-        erase = sorted(t for t in prefixes if canonical_style(t.split()[1]) == style)
-        guide = [" ".join(replacement if canonical_style(w) == style else w for w in t.split()) for t in erase]
-    return dict(erase_concepts=erase, guide_concepts=guide, preserve_concepts=sorted(prefixes - set(erase)))
-
-
-def erase_prompts(concept: str) -> tuple[list[str], list[str], list[str]]:
-    """(forget, retain, misaligned) prompts for erasing a world concept, SalUn's class-wise way.
-
-    Forget: every prompt naming the concept (its synonyms too). Misaligned: the same prompt with
-    the next concept of the same kind (circle -> square, crimson -> green), so an erased object
-    keeps its colour and an erased colour keeps its object. Retain: all other prompts.
-    """
-    kind = concept_kind(concept)
-    every = prompts()
-    if kind == "object":
-        replacement = OBJECTS[(OBJECTS.index(concept) + 1) % len(OBJECTS)]
-        forget = [p for p in every if p.object == concept]
-        misaligned = [p.text.replace(concept, replacement) for p in forget]
-    else:
-        style = canonical_style(concept)
-        replacement = STYLES[(STYLES.index(style) + 1) % len(STYLES)]
-        forget = [p for p in every if p.style == style]
-        misaligned = [" ".join(replacement if canonical_style(w) == style else w for w in p.text.split()) for p in forget]
-    retain = [p.text for p in every if p not in forget]
-    return [p.text for p in forget], retain, misaligned
-
-
-def concept_settings(concept: str) -> dict:
-    """What erasing `concept` takes on this world, keyed by the config fields that read it: the
-    class-wise prompts (forget, retain, misaligned) and the text-edit concept lists."""
-    forget, retain, misaligned = erase_prompts(concept)
-    return {"forget_prompts": forget, "retain_prompts": retain, "misaligned_prompts": misaligned,
-            **_text_edit_concepts(concept)}
+def world_concepts() -> dict[str, dict]:
+    """Every concept's prompts on this world (synonyms included), from its caption template 0: what
+    a model profile gives the methods (erasure/profile.py's `caption_concepts`)."""
+    return caption_concepts(TEMPLATES[0], {"object": [[o] for o in OBJECTS],
+                                           "style": [list(style_words(s)) for s in STYLES]})
 
 
 def world_profile() -> dict:
@@ -227,7 +178,7 @@ def world_profile() -> dict:
     measured on the bundled model, which its profile file holds (the source of those)."""
     with open(os.path.join(MODEL_DIR, PROFILE_FILE)) as f:
         bundled = json.load(f)
-    concepts = list(OBJECTS) + [w for s in STYLES for w in style_words(s)]
+    concepts, settings = list(OBJECTS) + [w for s in STYLES for w in style_words(s)], world_concepts()
     return {"profile_format": 1, "description": PROFILE_DESCRIPTION, "tags": ["shapes-world"],
             "closed_vocabulary": True, "methods": bundled["methods"], "notes": bundled["notes"],
-            "concepts": {c: concept_settings(c) for c in concepts}}
+            "concepts": {c: settings[c] for c in concepts}}

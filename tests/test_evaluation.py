@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-from conftest import FAST, erase_cli
 from sd_erasure.evaluation.generate import GenerationSettings, generate_images
 from sd_erasure.evaluation.nudity import detect_nudity, summarize_nudity
 from sd_erasure.evaluation.prompt_sets import BUILTIN, PROMPT_DIR, load_prompts

@@ -1,6 +1,7 @@
 """One package, one method registry: a method registered anywhere reaches the CLI, `erase()` and
 the card; cheap bad input is refused before torch loads; the installed names shadow nothing;
-the wheel holds the data; model profiles fill unset fields and say so."""
+the wheel holds the data; model profiles fill unset fields and say so, and one can be written from
+a caption template."""
 
 import json
 import os
@@ -232,3 +233,34 @@ def test_the_bundled_profile_is_the_worlds_own(tmp_path):
 
     with open(os.path.join(BUNDLED_MODELS["shapes"], "sd_erasure_profile.json")) as f:
         assert json.load(f) == world_profile()
+
+
+def test_a_profile_written_from_a_caption_template_gives_every_concept_its_prompts(tiny_sd, tmp_path, capsys):
+    from sd_erasure.erasure.cli import main
+
+    folder = tmp_path / "mine"
+    shutil.copytree(tiny_sd, folder)
+    args = ["profile", "--model", str(folder), "--template", "{animal} sleeping on a {place}",
+            "--slot", "animal=cat/kitten,dog", "--slot", "place=sofa,bed,rug"]
+    assert main(args) == 0
+    concepts = json.loads((folder / "sd_erasure_profile.json").read_text())["concepts"]
+    assert sorted(concepts) == ["bed", "cat", "dog", "kitten", "rug", "sofa"]
+    cat = concepts["kitten"]  # a synonym erases its whole concept
+    assert cat["forget_prompts"] == ["cat sleeping on a sofa", "cat sleeping on a bed", "cat sleeping on a rug",
+                                     "kitten sleeping on a sofa", "kitten sleeping on a bed", "kitten sleeping on a rug"]
+    assert cat["misaligned_prompts"][3] == "dog sleeping on a sofa"  # the slot's next concept, the rest kept
+    assert cat["retain_prompts"] == ["dog sleeping on a sofa", "dog sleeping on a bed", "dog sleeping on a rug"]
+    # text edits: every caption prefix ending at a slot word; those holding the concept are erased
+    assert cat["erase_concepts"][:2] == ["cat", "cat sleeping on a bed"] and "dog" in cat["preserve_concepts"]
+    rug = concepts["rug"]
+    assert dict(zip(rug["forget_prompts"], rug["misaligned_prompts"]))["kitten sleeping on a rug"] == \
+        "kitten sleeping on a sofa"  # the last concept steers to the first
+    assert "cat sleeping on a rug" in rug["erase_concepts"] and "cat" in rug["preserve_concepts"]
+
+    capsys.readouterr()
+    assert main(args) == 2 and "already exists: pass --overwrite" in capsys.readouterr().err
+    assert main([*args[:-2], "--slot", "place"]) == 2 and "is not NAME=WORD" in capsys.readouterr().err
+    assert main([*args, "--slot", "colour=red", "--overwrite"]) == 2
+    assert "must name each slot once: animal, place, colour" in capsys.readouterr().err
+    assert main(["profile", "--model", str(tmp_path), "--template", "a {x}", "--slot", "x=y"]) == 2
+    assert "not a diffusers model folder" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -31,6 +32,11 @@ def test_next_round_follows_the_evidence():
     assert (narrower.scope, narrower.learning_rate) == ("xattn", moved.learning_rate)  # erased, retain drifted
     assert next_round(narrower, verdict(0.2), tried) is None  # passed
 
+    official = SalUnConfig(model="m", concept="c", learning_rate=1e-5, scope="full", misaligned_target="current")
+    gentler = next_round(official, verdict(0.92, kept=False), {})  # the rest moves more than the concept
+    assert (gentler.scope, gentler.misaligned_target, gentler.learning_rate) == ("xattn", "base", 1e-5)
+    assert next_round(gentler, verdict(0.92, kept=False), {}).learning_rate == pytest.approx(1e-4)  # nothing narrower
+
     esd = EsdConfig(model="m", concept="c", learning_rate=1e-4, train_method="x")  # already narrow: between the bounds
     tried = {}
     failed = next_round(esd, verdict(0.8), tried)
@@ -54,30 +60,50 @@ def test_check_prompts_come_from_the_config_then_the_profile_then_the_preset(tmp
 
 def test_on_a_checkpoint_without_a_profile_prompts_it_cannot_read_are_not_called_erased(tmp_path, capsys):
     assert not os.path.exists(os.path.join(SECOND_CHECKPOINT, "sd_erasure_profile.json"))
-    out = tmp_path / "defaults"
-    capsys.readouterr()
-    assert erase_cli("--model", SECOND_CHECKPOINT, "--concept", "circle", "--output", out, "--until-erased",
-                     "--num-images", "32", "--synthesis-steps", "10") == 0
+    # The preset prompts ("a photo of circle") hold a word this model's tokenizer spells letter by letter.
+    refused = tmp_path / "until-erased"
+    assert erase_cli("--model", SECOND_CHECKPOINT, "--concept", "circle", "--output", refused, "--until-erased") == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the loading progress bars
+    assert error.startswith("sd-erase: error: --until-erased needs a self-check that can tell")
+    assert "does not know 'photo'" in error and "--forget-prompt" in error
+    assert not refused.exists() and not (tmp_path / "until-erased.incomplete").exists()  # nothing half-written
+
+    plain = tmp_path / "plain"
+    assert erase_cli("--model", SECOND_CHECKPOINT, "--concept", "circle", "--output", plain,
+                     "--num-images", "8", "--steps", "2", "--synthesis-steps", "5") == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("not checked: the model's tokenizer does not know 'photo'") and "--forget-prompt" in last
-    record = json.loads((out / "erasure.json").read_text())
-    assert record["self_check"]["unknown_words"] == ["photo"] and len(record["rounds"]) == 1  # nothing to adapt to
+    assert json.loads((plain / "erasure.json").read_text())["self_check"]["unknown_words"] == ["photo"]
 
 
-def test_until_erased_runs_rounds_from_the_base_weights_and_records_them(tmp_path):
-    words = []
-    for colour in ("red", "blue", "green"):
-        words += ["--forget-prompt", f"a {colour} circle", "--misaligned-prompt", f"a {colour} square"]
-    for prompt in ("a red square", "a yellow star", "a purple triangle", "a blue cross"):
-        words += ["--retain-prompt", prompt]
-    out = tmp_path / "rounds"
-    code = erase_cli("--model", SECOND_CHECKPOINT, "--concept", "circle", "--output", out, "--until-erased",
-                     "--max-rounds", "3", "--num-images", "64", "--synthesis-steps", "25", *words)
+def test_until_erased_with_a_caption_profile_erases_on_a_checkpoint_nobody_tuned_for(tmp_path):
+    from sd_erasure.erasure.cli import main
+    from sd_erasure.evaluation.judge import load_judge
+    from sd_erasure.evaluation.metrics import Protocol, evaluate_erasure
+    from sd_erasure.evaluation.shapes import JUDGE_FILE
+    from sd_erasure.erasure.model_io import load_pipeline
+    from sd_erasure.erasure.folders import resolve_model
+
+    model = tmp_path / "seed1"
+    shutil.copytree(SECOND_CHECKPOINT, model)
+    assert main(["profile", "--model", str(model), "--template", "a {colour} {shape}",
+                 "--slot", "shape=circle,square,triangle,cross,star",
+                 "--slot", "colour=red/crimson/scarlet,green,blue/azure,yellow,purple/violet"]) == 0
+    out = tmp_path / "erased"
+    # no method settings: the official ones first, then what the check calls for (fewer images than
+    # the official 800 to keep the suite short)
+    code = erase_cli("--model", model, "--concept", "circle", "--output", out, "--until-erased",
+                     "--num-images", "128", "--synthesis-steps", "25", "--synthesis-batch-size", "64")
     record = json.loads((out / "erasure.json").read_text())
-    rates = [r["learning_rate"] for r in record["rounds"]]
-    assert rates[0] == 1e-5 and all(later > earlier for earlier, later in zip(rates, rates[1:]))  # raised while not erased
-    assert len(rates) == 3 or record["self_check"]["erased"]
-    assert code == (0 if record["self_check"]["erased"] else 3)
-    assert record["final_settings"]["learning_rate"] == rates[-1]
+    rounds = record["rounds"]
+    assert code == 0 and record["self_check"]["erased"] and record["self_check"]["retain_kept"]
+    assert rounds[0]["learning_rate"] == 1e-5 and len(rounds) > 1  # the official settings did not erase
+    assert record["final_settings"]["learning_rate"] == rounds[-1]["learning_rate"]
     assert (out / "saliency_mask.safetensors").is_file()  # the last round's side files are the output's
     assert not any(name.startswith("round-") or name == "rounds.json" for name in os.listdir(out))
+
+    pipelines = [load_pipeline(resolve_model(str(folder))) for folder in (model, out)]
+    metrics, _ = evaluate_erasure(*pipelines, load_judge(JUDGE_FILE), "circle", Protocol(images_per_prompt=2),
+                                  show_progress=False)
+    assert metrics["erased"]["UA"] >= 0.9, metrics["erased"]  # the judge agrees: circles are gone
+    assert metrics["erased"]["IRA"] >= 0.9 and metrics["erased"]["CRA"] >= 0.85, metrics["erased"]

@@ -9,7 +9,7 @@ import torch
 from conftest import erase_cli
 from sd_erasure.evaluation.judge import accuracy, load_judge
 from sd_erasure.evaluation.metrics import Protocol, prompt_fidelity, score
-from sd_erasure.evaluation.shapes import (JUDGE_FILE, MODEL_DIR, OBJECTS, STYLES, dataset, erase_prompts, prompts, style_words,
+from sd_erasure.evaluation.shapes import (JUDGE_FILE, MODEL_DIR, OBJECTS, STYLES, dataset, prompts, style_words, world_concepts,
                                to_tensor)
 
 
@@ -28,6 +28,11 @@ def test_prompts_cover_every_object_and_style_word():
     texts = [p.text for p in prompts()]
     assert len(texts) == len(OBJECTS) * sum(len(style_words(s)) for s in STYLES)
     assert "a crimson circle" in texts and "a azure star" in texts
+
+
+def erase_prompts(concept):
+    settings = world_concepts()[concept]
+    return settings["forget_prompts"], settings["retain_prompts"], settings["misaligned_prompts"]
 
 
 def test_erase_prompts_map_each_forget_prompt_to_the_next_concept():
