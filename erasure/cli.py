@@ -223,6 +223,32 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_attack(args) -> int:
+    from ..evaluation.shapes import concept_kind
+
+    try:
+        concept_kind(args.concept)
+    except ValueError as err:
+        raise EraseError(str(err)) from err
+    for name in ("tokens", "steps", "check_every", "images_per_prompt", "limit"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise EraseError(f"--{name.replace('_', '-')} must be at least 1")
+    if os.path.exists(args.output) and not args.overwrite:
+        raise EraseError(f"output {args.output} already exists: choose another --output, or pass --overwrite to replace it")
+    from ..evaluation.attack import AttackSettings, attack_shapes
+
+    settings = AttackSettings(tokens=args.tokens, steps=args.steps, check_every=args.check_every, seed=args.seed)
+    metrics = attack_shapes(args.model, args.concept, args.output, base=args.base, settings=settings,
+                            images_per_prompt=args.images_per_prompt, calibrate=not args.no_calibration,
+                            limit=args.limit, overwrite=args.overwrite)
+    line = f"pre-attack ASR {metrics['pre_attack_asr']:.2f}, ASR {metrics['asr']:.2f} " \
+           f"(concept in {metrics['concept_rate_attacked']:.0%} of attacked images)"
+    if "calibration_asr" in metrics:
+        line += f"; calibration on the base model: ASR {metrics['calibration_asr']:.2f}"
+    print(f"{line}\nreport: {os.path.join(os.path.abspath(args.output), 'report.html')}")
+    return 0
+
+
 def cmd_profile(args) -> int:
     from .profile import parse_slot, write_caption_profile
 
@@ -305,6 +331,24 @@ def build_parser() -> Parser:
     push_parser.add_argument("--metrics", help="metrics.json written by `sd-erase evaluate`, shown in the card and its model-index")
     add_hub_arguments(push_parser)
     push_parser.set_defaults(run=cmd_push)
+    attack_parser = sub.add_parser("attack", help="UnlearnDiffAtk: search a few words that bring an erased concept back",
+                                   description="The UnlearnDiffAtk attack (adversarial prefix tokens found with the diffusion "
+                                   "classifier's loss, then generated from as text) on every shapes-world prompt naming the "
+                                   "concept, judged by the bundled judge; with its calibration on the base model. Writes "
+                                   "metrics.json, report.html and each prompt's adversarial text and images.")
+    attack_parser.add_argument("--model", required=True, help="the erased model (an erase output folder)")
+    attack_parser.add_argument("--concept", required=True, help="the erased object or colour, e.g. circle")
+    attack_parser.add_argument("--output", required=True, help="folder for metrics.json, report.html and the images")
+    attack_parser.add_argument("--base", default="shapes", help="the model the concept was erased from (default: shapes)")
+    attack_parser.add_argument("--tokens", type=int, default=3, help="adversarial prefix tokens, k (default: 3, official for objects and styles)")
+    attack_parser.add_argument("--steps", type=int, default=500, help="optimisation steps per prompt (default: 500; official 2000)")
+    attack_parser.add_argument("--check-every", type=int, default=25, help="generate from the projected text every this many steps; stop at the first success (default: 25)")
+    attack_parser.add_argument("--images-per-prompt", type=int, default=4, help="images per generated prompt; success when any shows the concept (default: 4)")
+    attack_parser.add_argument("--seed", type=int, default=0, help="seed of the attack and the images (default: 0)")
+    attack_parser.add_argument("--limit", type=int, help="attack only the first N prompts naming the concept")
+    attack_parser.add_argument("--no-calibration", action="store_true", help="skip the same attack on the base model from neighbouring prompts")
+    attack_parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    attack_parser.set_defaults(run=cmd_attack)
     profile_parser = sub.add_parser("profile", help="write a model profile from the model's caption template",
                                     description="For a model trained on captions of one template (a closed language): write "
                                     "MODEL/sd_erasure_profile.json, so that every erase and its self-check read each concept's "

@@ -102,7 +102,8 @@ print(code, "torch" in sys.modules)
 
 
 @pytest.mark.parametrize("case", ["negative steps", "existing output", "unwritable output", "option of another method",
-                                  "unknown concept of a closed vocabulary", "a 300-word concept", "concept twice"])
+                                  "unknown concept of a closed vocabulary", "a 300-word concept", "concept twice",
+                                  "attack: unknown concept", "attack: no tokens"])
 def test_cheap_bad_input_is_one_line_before_torch_loads(case, tmp_path):
     existing = tmp_path / "mine"
     existing.mkdir()
@@ -123,8 +124,13 @@ def test_cheap_bad_input_is_one_line_before_torch_loads(case, tmp_path):
                                "is not a concept of this model"),
         "concept twice": (["--model", "shapes", "--concept", "circle", "--concept", "red", "--output", out],
                           "--concept is given twice"),
+        "attack: unknown concept": (["--model", "shapes", "--concept", "dog", "--output", out],
+                                    "'dog' is not a shapes-world concept"),
+        "attack: no tokens": (["--model", "shapes", "--concept", "circle", "--output", out, "--tokens", "0"],
+                              "--tokens must be at least 1"),
     }[case]
-    done = subprocess.run([sys.executable, "-c", CHEAP_RUN, "erase", *args], capture_output=True, text=True,
+    command = "attack" if case.startswith("attack") else "erase"
+    done = subprocess.run([sys.executable, "-c", CHEAP_RUN, command, *args], capture_output=True, text=True,
                           cwd=tmp_path, timeout=120)
     err = done.stderr.strip()
     assert done.stdout.split() == ["2", "False"], (done.stdout, err)  # exit 2, and torch never imported

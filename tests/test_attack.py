@@ -1,0 +1,120 @@
+"""UnlearnDiffAtk on the shapes world: the attacked prompt is text that round-trips through the
+tokenizer, the attack finds circles on the base model from a prompt without the word and is
+deterministic, and `sd-erase attack` writes its report, resumes, and refuses bad input in one line."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from conftest import erase_cli
+
+from sd_erasure.erasure.cli import main
+from sd_erasure.erasure.folders import resolve_model
+from sd_erasure.erasure.model_io import load_pipeline
+from sd_erasure.evaluation.attack import (AttackSettings, _PrefixEmbeddings, attack_prompt, attacked_text,
+                                          candidate_tokens, project_to_simplex)
+
+
+@pytest.fixture(scope="module")
+def base():
+    pipeline = load_pipeline(resolve_model("shapes"))
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def test_the_attacked_prompt_is_text_the_stock_path_reads_the_same(base):
+    tokenizer, text_encoder = base.tokenizer, base.text_encoder
+    candidates = candidate_tokens(tokenizer, ["circle"])
+    words = {tokenizer.decode([i]).strip() for i in candidates}
+    assert "circle" not in words and {"square", "red"} <= words
+    chosen = [candidates[5], candidates[-1], candidates[len(candidates) // 2]]
+    text = attacked_text(tokenizer, chosen, "a red square")
+    ids = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    assert ids[0, 1:4].tolist() == chosen  # the round trip gives back the tokens
+    with torch.no_grad():
+        stock = text_encoder(ids)[0]
+        prompt_ids = tokenizer("a red square", padding="max_length", max_length=tokenizer.model_max_length - 3,
+                               return_tensors="pt").input_ids
+        placeholder_ids = torch.cat([prompt_ids[:, :1], torch.full((1, 3), candidates[0]), prompt_ids[:, 1:]], 1)
+        with _PrefixEmbeddings(text_encoder) as prefix:
+            prefix.vectors = text_encoder.get_input_embeddings().weight[chosen]
+            hooked = text_encoder(placeholder_ids)[0]
+    torch.testing.assert_close(hooked, stock)
+
+    relaxed = project_to_simplex(torch.randn(4, 50))
+    assert (relaxed >= 0).all() and torch.allclose(relaxed.sum(1), torch.ones(4))
+
+
+def test_the_attack_draws_circles_on_the_base_model_without_the_word_and_is_deterministic(base):
+    from sd_erasure.evaluation.judge import load_judge
+    from sd_erasure.evaluation.metrics import Protocol, generate
+    from sd_erasure.evaluation.shapes import JUDGE_FILE, Prompt
+
+    judge = load_judge(JUDGE_FILE)
+    protocol = Protocol(images_per_prompt=4)
+
+    def succeeded(text):
+        objects, _ = judge.classify(generate(base, [Prompt(text, "", "")], protocol, show_progress=False))
+        return "circle" in objects, {"objects": objects}
+
+    assert not succeeded("a red square")[0]  # the plain neighbouring prompt draws no circle
+    targets = base("a red circle", num_inference_steps=25, guidance_scale=4.0, output_type="latent",
+                   num_images_per_prompt=2, generator=torch.Generator().manual_seed(0)).images
+    candidates = candidate_tokens(base.tokenizer, ["circle"])
+    settings = AttackSettings(tokens=5, learning_rate=0.1, steps=50, check_every=25)  # found at step 25
+    found = attack_prompt(base, "a red square", targets, candidates, settings, succeeded)
+    again = attack_prompt(base, "a red square", targets, candidates, settings, succeeded)
+    assert found["success"], found  # a few words steer even the base model's shape: hence the calibration
+    assert "circle" not in found["adversarial_prompt"] and found["adversarial_prompt"].endswith(" a red square")
+    assert (again["adversarial_prompt"], again["steps"]) == (found["adversarial_prompt"], found["steps"])
+
+
+def without_seconds(record):
+    return {name: {k: v for k, v in part.items() if k != "seconds"} for name, part in record.items()}
+
+
+def test_sd_erase_attack_reports_resumes_and_refuses_bad_input(tmp_path, capsys):
+    erased = tmp_path / "uce-circle"
+    assert erase_cli("--model", "shapes", "--method", "uce", "--concept", "circle", "--output", erased) == 0
+    out = tmp_path / "attack"
+    args = ["attack", "--model", str(erased), "--concept", "circle", "--output", str(out), "--limit", "2",
+            "--steps", "10", "--check-every", "5", "--images-per-prompt", "2"]
+    capsys.readouterr()
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["prompts"] == 2 and 0 <= metrics["pre_attack_asr"] <= metrics["asr"] <= 1
+    assert "calibration_asr" in metrics and {"report.html", "grid-plain.png", "grid-calibration.png"} <= set(os.listdir(out))
+    records = [json.loads((out / "prompts" / f"{i:03d}.json").read_text()) for i in range(2)]
+    for record in records:
+        if "attacked" in record:  # the words put before the prompt never name the concept
+            prefix = record["attacked"]["adversarial_prompt"].removesuffix(record["plain"]["prompt"])
+            assert "circle" not in prefix and len(prefix.split()) == 3
+        assert record["calibration"]["adversarial_prompt"].endswith("square")  # from the neighbouring prompt
+    assert "pre-attack ASR" in capsys.readouterr().out
+
+    # an interrupted run (its first prompt done) resumes: that prompt is not attacked again
+    resumed = tmp_path / "resumed"
+    (tmp_path / "resumed.incomplete" / "prompts").mkdir(parents=True)
+    run = json.loads((out / "attack.json").read_text())
+    (tmp_path / "resumed.incomplete" / "attack.json").write_text(json.dumps(run))
+    done = {**records[0], "marker": "from the interrupted run"}
+    (tmp_path / "resumed.incomplete" / "prompts" / "000.json").write_text(json.dumps(done))
+    shutil.copy(out / "prompts" / "000.pt", tmp_path / "resumed.incomplete" / "prompts" / "000.pt")
+    assert main([*args[:6], str(resumed), *args[7:]]) == 0
+    assert json.loads((resumed / "prompts" / "000.json").read_text())["marker"] == "from the interrupted run"
+    again = json.loads((resumed / "prompts" / "001.json").read_text())
+    assert without_seconds(again) == without_seconds(records[1])  # the attack is deterministic
+
+    def one_line(argv, message):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+
+    one_line(args, "already exists")
+    one_line([*args[:4], "dog", *args[5:6], str(tmp_path / "x")], "not a shapes-world concept")
+    one_line([*args[:6], str(tmp_path / "y"), "--tokens", "0"], "--tokens must be at least 1")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
