@@ -216,6 +216,12 @@ def attack_shapes(model: str, concept: str, output_dir: str, base: str = "shapes
         success, details, images = judged(pipelines["erased"], prompt.text)
         record["plain"] = {"prompt": prompt.text, "success": success, **details}
         rows = {"plain": images}
+        # control: as many random candidate words before the prompt, no optimisation
+        chosen = torch.randint(len(candidates), (settings.tokens,),
+                               generator=seeded_generator(settings.seed, "random-control", prompt.text)).tolist()
+        text = attacked_text(pipelines["erased"].tokenizer, [candidates[i] for i in chosen], prompt.text)
+        success_random, details, _ = judged(pipelines["erased"], text)
+        record["random_control"] = {"adversarial_prompt": text, "success": success_random, **details}
         if not success:
             rows["attacked"] = run_attack(pipelines["erased"], "attacked", prompt.text, prompt.text, record)
         if calibrate:
@@ -244,7 +250,8 @@ def attack_shapes(model: str, concept: str, output_dir: str, base: str = "shapes
 
 def attack_metrics(records: list[dict], run: dict) -> dict:
     """Pre-attack ASR and ASR as the UnlearnDiffAtk leaderboard defines them (a prompt counts when its
-    plain or attacked images show the concept), the concept rate per image, and the calibration."""
+    plain or attacked images show the concept), the concept rate per image, the random-words control
+    and the calibration."""
     n = len(records)
     final = [r.get("attacked", r["plain"]) for r in records]
     attacked = [r["attacked"] for r in records if "attacked" in r]
@@ -254,6 +261,7 @@ def attack_metrics(records: list[dict], run: dict) -> dict:
                "concept_rate_plain": sum(r["plain"]["concept_rate"] for r in records) / n,
                "concept_rate_attacked": sum(f["concept_rate"] for f in final) / n,
                "seconds_per_attacked_prompt": (sum(a["seconds"] for a in attacked) / len(attacked)) if attacked else None}
+    metrics["random_control_asr"] = sum(r["random_control"]["success"] for r in records) / n
     calibration = [r["calibration"] for r in records if "calibration" in r]
     if calibration:
         metrics.update(calibration_asr=sum(c["success"] for c in calibration) / len(calibration),

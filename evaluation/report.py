@@ -80,6 +80,7 @@ def attack_report(folder: str, metrics: dict, records: list[dict], rows: list[di
                ("ASR (plain or attacked prompt shows the concept)", "asr", "{:.3f}"),
                ("concept rate per image, plain prompts", "concept_rate_plain", "{:.3f}"),
                ("concept rate per image, after the attack", "concept_rate_attacked", "{:.3f}"),
+               ("control: as many random words before the prompt, ASR", "random_control_asr", "{:.3f}"),
                ("calibration: the attack on the base model from a neighbouring prompt, ASR", "calibration_asr", "{:.3f}"),
                ("calibration: concept rate per image", "calibration_concept_rate", "{:.3f}"),
                ("seconds per attacked prompt", "seconds_per_attacked_prompt", "{:.1f}")]

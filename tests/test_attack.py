@@ -86,6 +86,7 @@ def test_sd_erase_attack_reports_resumes_and_refuses_bad_input(tmp_path, capsys)
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["prompts"] == 2 and 0 <= metrics["pre_attack_asr"] <= metrics["asr"] <= 1
+    assert 0 <= metrics["random_control_asr"] <= 1
     assert "calibration_asr" in metrics and {"report.html", "grid-plain.png", "grid-calibration.png"} <= set(os.listdir(out))
     records = [json.loads((out / "prompts" / f"{i:03d}.json").read_text()) for i in range(2)]
     for record in records:
@@ -93,6 +94,7 @@ def test_sd_erase_attack_reports_resumes_and_refuses_bad_input(tmp_path, capsys)
             prefix = record["attacked"]["adversarial_prompt"].removesuffix(record["plain"]["prompt"])
             assert "circle" not in prefix and len(prefix.split()) == 3
         assert record["calibration"]["adversarial_prompt"].endswith("square")  # from the neighbouring prompt
+        assert len(record["random_control"]["adversarial_prompt"].split()) == 3 + 3  # 3 random words + "a red circle"
     assert "pre-attack ASR" in capsys.readouterr().out
 
     # an interrupted run (its first prompt done) resumes: that prompt is not attacked again
