@@ -225,6 +225,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_attack(args) -> int:
     from ..evaluation.shapes import concept_kind
+    from .folders import OutputFolder
 
     try:
         concept_kind(args.concept)
@@ -233,8 +234,7 @@ def cmd_attack(args) -> int:
     for name in ("tokens", "steps", "check_every", "images_per_prompt", "limit"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise EraseError(f"--{name.replace('_', '-')} must be at least 1")
-    if os.path.exists(args.output) and not args.overwrite:
-        raise EraseError(f"output {args.output} already exists: choose another --output, or pass --overwrite to replace it")
+    OutputFolder(args.output, args.overwrite, resume=True).check()  # before torch loads
     from ..evaluation.attack import AttackSettings, attack_shapes
 
     settings = AttackSettings(tokens=args.tokens, steps=args.steps, check_every=args.check_every, seed=args.seed)

@@ -148,11 +148,12 @@ def attack_shapes(model: str, concept: str, output_dir: str, base: str = "shapes
     OUTPUT/metrics.json, report.html and per prompt its record and images; resumes per prompt."""
     import json
     import os
-    import shutil
     from dataclasses import asdict
 
+    from safetensors.torch import load_file, save_file
+
     from ..erasure.errors import EraseError
-    from ..erasure.folders import differing_keys, resolve_model
+    from ..erasure.folders import OutputFolder, differing_keys, resolve_model
     from ..erasure.model_io import load_pipeline
     from .judge import load_judge
     from .metrics import Protocol, generate
@@ -163,20 +164,21 @@ def attack_shapes(model: str, concept: str, output_dir: str, base: str = "shapes
         kind = concept_kind(concept)
     except ValueError as err:
         raise EraseError(str(err)) from err
-    output_dir = os.path.abspath(output_dir)
-    if os.path.exists(output_dir) and not overwrite:
-        raise EraseError(f"output {output_dir} already exists: choose another --output, or pass --overwrite to replace it")
+    output = OutputFolder(output_dir, overwrite, resume=True)  # an interrupted attack continues per prompt
+    output.check()
     target = concept if kind == "object" else canonical_style(concept)
     banned = [concept] if kind == "object" else list(style_words(target))
     attacked = [p for p in prompts() if (p.object if kind == "object" else p.style) == target][:limit]
-    steered = dict(zip(world_concepts()[concept]["forget_prompts"], world_concepts()[concept]["misaligned_prompts"]))
+    settings_of_concept = world_concepts()[concept]
+    steered = dict(zip(settings_of_concept["forget_prompts"], settings_of_concept["misaligned_prompts"]))
     protocol = Protocol(images_per_prompt=images_per_prompt, seed=settings.seed)
     run = {"model": model, "base": base, "concept": concept, "settings": asdict(settings), "protocol": asdict(protocol),
            "calibrate": calibrate, "limit": limit}
     run = json.loads(json.dumps(run))  # as attack.json holds it: lists, not tuples
-    partial = output_dir + ".incomplete"
+    partial = output.partial
     if differing_keys(os.path.join(partial, "attack.json"), run):
         raise EraseError(f"{partial} holds an attack with other settings: rerun with the same ones, or remove it")
+    output.begin()
     os.makedirs(os.path.join(partial, "prompts"), exist_ok=True)
     with open(os.path.join(partial, "attack.json"), "w") as f:
         json.dump(run, f, indent=1)
@@ -193,11 +195,8 @@ def attack_shapes(model: str, concept: str, output_dir: str, base: str = "shapes
         hits = [label == target for label in (objects if kind == "object" else styles)]
         return any(hits), {"concept_rate": sum(hits) / len(hits)}, images
 
-    def run_attack(pipeline, name, start: str, concept_prompt: str, record):
-        """The attack from `start` towards the base model's images of `concept_prompt`."""
-        latents = pipelines["base"](concept_prompt, num_inference_steps=protocol.num_inference_steps, output_type="latent",
-                                    guidance_scale=protocol.guidance_scale, num_images_per_prompt=2,
-                                    generator=seeded_generator(settings.seed, "attack-target", concept_prompt)).images
+    def run_attack(pipeline, name, start: str, latents, record):
+        """The attack from `start` towards `latents`, the base model's images of the concept's prompt."""
         kept = {}
 
         def succeeded(text):
@@ -222,11 +221,15 @@ def attack_shapes(model: str, concept: str, output_dir: str, base: str = "shapes
         text = attacked_text(pipelines["erased"].tokenizer, [candidates[i] for i in chosen], prompt.text)
         success_random, details, _ = judged(pipelines["erased"], text)
         record["random_control"] = {"adversarial_prompt": text, "success": success_random, **details}
+        if not success or calibrate:
+            latents = pipelines["base"](prompt.text, num_inference_steps=protocol.num_inference_steps, output_type="latent",
+                                        guidance_scale=protocol.guidance_scale, num_images_per_prompt=2,
+                                        generator=seeded_generator(settings.seed, "attack-target", prompt.text)).images
         if not success:
-            rows["attacked"] = run_attack(pipelines["erased"], "attacked", prompt.text, prompt.text, record)
+            rows["attacked"] = run_attack(pipelines["erased"], "attacked", prompt.text, latents, record)
         if calibrate:
-            rows["calibration"] = run_attack(pipelines["base"], "calibration", steered[prompt.text], prompt.text, record)
-        torch.save(rows, os.path.join(partial, "prompts", f"{index:03d}.pt"))
+            rows["calibration"] = run_attack(pipelines["base"], "calibration", steered[prompt.text], latents, record)
+        save_file({k: v.contiguous() for k, v in rows.items()}, os.path.join(partial, "prompts", f"{index:03d}.safetensors"))
         with open(path, "w") as f:
             json.dump(record, f, indent=1)
         if show_progress:
@@ -239,12 +242,10 @@ def attack_shapes(model: str, concept: str, output_dir: str, base: str = "shapes
     for index in range(len(attacked)):
         with open(os.path.join(partial, "prompts", f"{index:03d}.json")) as f:
             records.append(json.load(f))
-        rows.append(torch.load(os.path.join(partial, "prompts", f"{index:03d}.pt")))
+        rows.append(load_file(os.path.join(partial, "prompts", f"{index:03d}.safetensors")))
     metrics = attack_metrics(records, run)
     attack_report(partial, metrics, records, rows, images_per_prompt)
-    if os.path.exists(output_dir):
-        shutil.rmtree(output_dir)
-    os.replace(partial, output_dir)
+    output.commit()
     return metrics
 
 

@@ -104,7 +104,7 @@ def test_sd_erase_attack_reports_resumes_and_refuses_bad_input(tmp_path, capsys)
     (tmp_path / "resumed.incomplete" / "attack.json").write_text(json.dumps(run))
     done = {**records[0], "marker": "from the interrupted run"}
     (tmp_path / "resumed.incomplete" / "prompts" / "000.json").write_text(json.dumps(done))
-    shutil.copy(out / "prompts" / "000.pt", tmp_path / "resumed.incomplete" / "prompts" / "000.pt")
+    shutil.copy(out / "prompts" / "000.safetensors", tmp_path / "resumed.incomplete" / "prompts" / "000.safetensors")
     assert main([*args[:6], str(resumed), *args[7:]]) == 0
     assert json.loads((resumed / "prompts" / "000.json").read_text())["marker"] == "from the interrupted run"
     again = json.loads((resumed / "prompts" / "001.json").read_text())
