@@ -144,6 +144,22 @@ class TrainingConfig(EraseConfig):
         return None
 
 
+@dataclass
+class TrajectoryConfig(TrainingConfig):
+    """Fields of the methods that train on points of guided DDIM trajectories of their prompts (ESD, AdvUnlearn)."""
+
+    synthesis_steps: int | None = option(None, official=50, group="forget and retain data",
+                                         help="DDIM steps of a trajectory")
+    synthesis_guidance_scale: float = option(3.0, group="forget and retain data", help="guidance scale of the trajectories")
+    synthesis_batch_size: int | None = option(None, official=8, group="forget and retain data",
+                                              help="trajectories per sampling batch")
+    resolution: int | None = option(None, group="forget and retain data", help="image size of the data (default: the model's)")
+
+    def check(self) -> None:
+        super().check()
+        self.require_positive("synthesis_steps", "synthesis_batch_size", "resolution")
+
+
 def check_concept(concept: str | None) -> str:
     if not isinstance(concept, str) or not concept.strip():
         raise EraseError("`concept` is empty: name what to erase, e.g. nudity or 'a cat'")

@@ -94,6 +94,48 @@ def synthesize_latents(pipeline, prompts: list[str], num_images: int, *, seed: i
     return LatentSet(latents, captions)
 
 
+def ddim_trajectory(predict, scheduler, latents, cond, uncond, guidance_scale: float, stop: int, keep_all: bool = False):
+    """Run `stop` guided DDIM steps from `latents`; the latent reached (or all latents before each step)."""
+    visited = []
+    with torch.no_grad():
+        for t in scheduler.timesteps[:stop]:
+            visited.append(latents)
+            batch = latents.shape[0]
+            timesteps = t.repeat(2 * batch).to(latents.device)
+            conditional, unconditional = predict(torch.cat([latents, latents]), timesteps,
+                                                 torch.cat([cond, uncond])).chunk(2)
+            guided = unconditional + guidance_scale * (conditional - unconditional)
+            latents = scheduler.step(guided.float(), t, latents).prev_sample
+    return torch.stack(visited, 1) if keep_all else latents
+
+
+def base_trajectories(pipeline, prompts: list[str], num_images: int, *, seed: int, steps: int, guidance_scale: float,
+                      batch_size: int, scheduler, embeddings: dict, latent_shape, session, cache_dir: str | None = None,
+                      stream: str = "esd-trajectory") -> tuple[torch.Tensor, list[str]]:
+    """`num_images` full guided DDIM trajectories of the frozen base model, cycling through `prompts`:
+    (N, steps, C, h, w), cached on disk, and the prompt of each. The partial trajectories ESD and
+    AdvUnlearn train on, sampled once: a point of them is the latent reached after a stop index."""
+    key = dict(model=session.model_key, prompts=prompts, num_images=num_images, seed=seed, steps=steps,
+               guidance_scale=guidance_scale, shape=list(latent_shape), batch_size=batch_size,
+               **({"stream": stream} if stream != "esd-trajectory" else {}))  # keys of existing caches stay valid
+    folder = cache_folder(cache_dir or default_cache_dir(), "esd-trajectories", key)
+    device = session.accelerator.device
+    captions = [prompts[i % len(prompts)] for i in range(num_images)]
+    batches = [list(range(i, min(i + batch_size, num_images))) for i in range(0, num_images, batch_size)]
+
+    def sample(index, batch):
+        noise = torch.stack([torch.randn(latent_shape, generator=seeded_generator(seed, stream, i))
+                             for i in batch]).to(device)
+        cond = torch.stack([embeddings[captions[i]] for i in batch])
+        with session.accelerator.autocast():
+            return ddim_trajectory(lambda *a: pipeline.unet(*a).sample, scheduler, noise * scheduler.init_noise_sigma,
+                                   cond, embeddings[""].expand_as(cond), guidance_scale, steps, keep_all=True)
+
+    with session.accelerator.main_process_first():
+        return cached_batches(folder, batches, sample, f"sampling base trajectories of {prompts[0]!r}",
+                              session.show_progress), captions
+
+
 def read_image_folder(folder: str, default_prompt: str) -> tuple[list[str], list[str]]:
     """Image files of `folder` and their captions.
 

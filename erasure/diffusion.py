@@ -78,6 +78,38 @@ def noise_batch(generator_keys, latents_shape, num_train_timesteps):
     return torch.cat(timesteps), torch.stack(noise)
 
 
+class PrefixEmbeddings:
+    """While active, puts `vectors` ((k, width) or (batch, k, width)) at token positions 1..k of the text encoder's input
+    embeddings, or leaves them alone while `vectors` is None (transformers' CLIPTextModel takes no
+    inputs_embeds). The token ids at those positions are placeholders. Attacks and adversarial
+    training put soft or projected prefix tokens before a prompt with it."""
+
+    def __init__(self, text_encoder):
+        self.layer = text_encoder.get_input_embeddings()
+        self.vectors = None
+
+    def __enter__(self):
+        self.handle = self.layer.register_forward_hook(self._replace)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+    def _replace(self, module, inputs, output):
+        if self.vectors is None:
+            return output
+        k = self.vectors.shape[-2]  # vectors: (k, width), or (batch, k, width) for one prefix per prompt
+        return torch.cat([output[:, :1], self.vectors.to(output.dtype).expand(len(output), -1, -1), output[:, 1 + k:]], 1)
+
+
+def prefixed_token_ids(tokenizer, prompts: list[str], k: int, placeholder: int) -> torch.Tensor:
+    """Token ids of `prompts` with k `placeholder` ids after the start token, padded to the text
+    encoder's length: the input PrefixEmbeddings fills (the prompt loses its last k tokens if it is that long)."""
+    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length - k, truncation=True,
+                    return_tensors="pt").input_ids
+    return torch.cat([ids[:, :1], torch.full((len(prompts), k), placeholder), ids[:, 1:]], 1)
+
+
 def check_prompt_lengths(tokenizer, prompts: list[str], what: str) -> None:
     """Refuse prompts the text encoder would silently cut: the erased concept would not be what was asked."""
     from .errors import EraseError

@@ -23,7 +23,7 @@ code imports it where the work starts.
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from .config import TrainingConfig, option
+from .config import TrajectoryConfig, option
 from .errors import EraseError
 
 CITATION = """@inproceedings{gandikota2023erasing,
@@ -55,7 +55,7 @@ def trains(name: str, train_method: str) -> bool:
 
 
 @dataclass
-class EsdConfig(TrainingConfig):
+class EsdConfig(TrajectoryConfig):
     """ESD's settings; each field's help says where its default comes from."""
 
     steps: int = option(1000, help="optimizer steps", group="training")
@@ -77,10 +77,6 @@ class EsdConfig(TrainingConfig):
              "or base (frozen model, sampled once and cached: much faster)")
     num_images: int | None = option(None, official=64, group=DATA,
                                     help="trajectories sampled up front with --sample-from base")
-    synthesis_steps: int | None = option(None, official=50, group=DATA, help="DDIM steps of a trajectory")
-    synthesis_guidance_scale: float = option(3.0, group=DATA, help="guidance scale of the trajectories")
-    synthesis_batch_size: int | None = option(None, official=8, group=DATA, help="trajectories per sampling batch")
-    resolution: int | None = option(None, group=DATA, help="image size of the data (default: the model's)")
 
     def check(self) -> None:
         super().check()
@@ -90,7 +86,7 @@ class EsdConfig(TrainingConfig):
         if not all(p.strip() for p in self.forget_prompts):
             raise EraseError("`forget_prompts` has an empty prompt: give the prompt text, or leave it out for the "
                              "concept itself")
-        self.require_positive("num_images", "synthesis_steps", "synthesis_batch_size", "resolution")
+        self.require_positive("num_images")
 
     def concept_defaults(self) -> dict:
         return {"forget_prompts": [self.concept.strip()]}
@@ -104,58 +100,12 @@ class EsdConfig(TrainingConfig):
         check_prompt_lengths(pipeline.tokenizer, self.forget_prompts + [self.erase_from or ""], "ESD prompt")
 
 
-def ddim_trajectory(predict, scheduler, latents, cond, uncond, guidance_scale: float, stop: int, keep_all: bool = False):
-    """Run `stop` guided DDIM steps from `latents`; the latent reached (or all latents before each step)."""
-    import torch
-
-    visited = []
-    with torch.no_grad():
-        for t in scheduler.timesteps[:stop]:
-            visited.append(latents)
-            batch = latents.shape[0]
-            timesteps = t.repeat(2 * batch).to(latents.device)
-            conditional, unconditional = predict(torch.cat([latents, latents]), timesteps,
-                                                 torch.cat([cond, uncond])).chunk(2)
-            guided = unconditional + guidance_scale * (conditional - unconditional)
-            latents = scheduler.step(guided.float(), t, latents).prev_sample
-    return torch.stack(visited, 1) if keep_all else latents
-
-
-def _base_trajectories(pipeline, config: EsdConfig, scheduler, embeddings, latent_shape, session):
-    """`num_images` full trajectories of the frozen base model, (N, steps, C, h, w), cached on disk, and their prompts."""
-    import torch
-
-    from .data import cache_folder, cached_batches, default_cache_dir
-    from .diffusion import seeded_generator, stack_embeddings
-
-    prompts = [config.erase_from] if config.erase_from else config.forget_prompts
-    key = dict(model=session.model_key, prompts=prompts, num_images=config.num_images, seed=config.seed,
-               steps=config.synthesis_steps, guidance_scale=config.synthesis_guidance_scale, shape=list(latent_shape),
-               batch_size=config.synthesis_batch_size)
-    folder = cache_folder(config.cache_dir or default_cache_dir(), "esd-trajectories", key)
-    device = session.accelerator.device
-    captions = [prompts[i % len(prompts)] for i in range(config.num_images)]
-    batches = [list(range(i, min(i + config.synthesis_batch_size, config.num_images)))
-               for i in range(0, config.num_images, config.synthesis_batch_size)]
-
-    def sample(index, batch):
-        noise = torch.stack([torch.randn(latent_shape, generator=seeded_generator(config.seed, "esd-trajectory", i))
-                             for i in batch]).to(device)
-        cond = stack_embeddings(embeddings, [captions[i] for i in batch])
-        with session.accelerator.autocast():
-            return ddim_trajectory(lambda *a: pipeline.unet(*a).sample, scheduler, noise * scheduler.init_noise_sigma,
-                                   cond, embeddings[""].expand_as(cond), config.synthesis_guidance_scale,
-                                   config.synthesis_steps, keep_all=True)
-
-    with session.accelerator.main_process_first():
-        return cached_batches(folder, batches, sample, "sampling base trajectories", session.show_progress), captions
-
-
 def erase_pipeline(pipeline, config: EsdConfig, session) -> tuple[dict, dict]:
     import torch
     from diffusers import DDIMScheduler
     from torch.func import functional_call
 
+    from .data import base_trajectories, ddim_trajectory
     from .diffusion import encode_prompts, per_sample_mse, seeded_generator, stack_embeddings
     from .training import fit, frozen_copy
 
@@ -169,8 +119,14 @@ def erase_pipeline(pipeline, config: EsdConfig, session) -> tuple[dict, dict]:
     scheduler.set_timesteps(config.synthesis_steps, device=device)
     source = config.erase_from  # with --erase-from, latents and the trained prediction are of Y
     embeddings = encode_prompts(pipeline, config.forget_prompts + [source or "", ""], device)
+    pool_source = [source] if source else config.forget_prompts
     with timer.phase("data"):
-        pool, pool_prompts = (_base_trajectories(pipeline, config, scheduler, embeddings, latent_shape, session)
+        pool, pool_prompts = (base_trajectories(pipeline, pool_source, config.num_images, seed=config.seed,
+                                                steps=config.synthesis_steps,
+                                                guidance_scale=config.synthesis_guidance_scale,
+                                                batch_size=config.synthesis_batch_size, scheduler=scheduler,
+                                                embeddings=embeddings, latent_shape=latent_shape, session=session,
+                                                cache_dir=config.cache_dir)
                               if config.sample_from == "base" else (None, None))
     pipeline.text_encoder.to("cpu")  # frozen and no longer needed: keep accelerator memory for training
     pipeline.vae.to("cpu")
@@ -232,10 +188,7 @@ def erase_pipeline(pipeline, config: EsdConfig, session) -> tuple[dict, dict]:
 
     with timer.phase("training"):
         logs, resumed_from = fit(
-            accelerator, model, optimizer, compute_loss, steps=config.steps,
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
-            resume_from_checkpoint=config.resume_from_checkpoint, checkpoint_dir=session.work_dir,
-            checkpointing_steps=config.checkpointing_steps, checkpoints_total_limit=config.checkpoints_total_limit,
+            accelerator, model, optimizer, compute_loss, config, checkpoint_dir=session.work_dir,
             step_callback=session.step_callback, show_progress=session.show_progress, description="ESD")
     unet.eval()
     for param in unet.parameters():

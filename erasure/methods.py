@@ -4,7 +4,7 @@ Adding a method means adding its file beside salun.py (its config dataclass, its
 `erase_pipeline`, a docstring saying where every default comes from) and one line here.
 """
 
-from . import esd, salun, uce
+from . import advunlearn, esd, salun, uce
 from .registry import register
 from .salun_soft import SalUnSoftConfig
 
@@ -18,3 +18,5 @@ register("esd", esd.EsdConfig, "sd_erasure.erasure.esd:erase_pipeline",
          title="ESD (erasing concepts by negative guidance)", citation=esd.CITATION)
 register("uce", uce.UceConfig, "sd_erasure.erasure.uce:erase_pipeline",
          title="UCE (unified concept editing, closed form)", citation=uce.CITATION)
+register("advunlearn", advunlearn.AdvUnlearnConfig, "sd_erasure.erasure.advunlearn:erase_pipeline",
+         title="AdvUnlearn (adversarial training of the text encoder)", citation=advunlearn.CITATION)

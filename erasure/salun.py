@@ -266,12 +266,8 @@ def unlearn(pipeline, forget: "LatentSet", retain: "LatentSet", saliency_mask, c
         return loss, {"loss": loss.item(), "forget_loss": forget_loss.item(), "retain_loss": retain_loss.item()}
 
     logs, resumed_from = fit(
-        accelerator, model, optimizer, compute_loss, steps=config.steps,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        resume_from_checkpoint=config.resume_from_checkpoint, checkpoint_dir=checkpoint_dir,
-        checkpointing_steps=config.checkpointing_steps, checkpoints_total_limit=config.checkpoints_total_limit,
-        step_callback=step_callback,
-        show_progress=show_progress, description="unlearning")
+        accelerator, model, optimizer, compute_loss, config, checkpoint_dir=checkpoint_dir,
+        step_callback=step_callback, show_progress=show_progress, description="unlearning")
     unet.eval()
     for param in unet.parameters():
         param.requires_grad_(False)

@@ -91,11 +91,9 @@ class SelfCheck:
             self.retain = synthesize_latents(pipeline, self.prompts.retain, **synthesis)
         self.anchors = [self.prompts.anchor[self.prompts.concept.index(p) % len(self.prompts.anchor)]
                         for p in self.concept.prompts]
-        self.embeddings = encode_prompts(pipeline, self.prompts.concept + self.prompts.anchor + self.prompts.retain
-                                         + [""], self.device)
         self.seed = config.seed
         self.unknown = unknown_words(pipeline.tokenizer, self.prompts.concept + self.prompts.anchor)
-        self.base = self.errors(pipeline.unet)
+        self.base = self.errors(pipeline)
         self.base_margin = self.base["empty_prompt"] - self.base["concept_prompt"] - self.anchor_gain
 
     @property
@@ -111,7 +109,7 @@ class SelfCheck:
         return None
 
     @torch.no_grad()
-    def _mean_errors(self, unet, latents, prompt_sets: dict[str, list[str]], name: str) -> dict[str, float]:
+    def _mean_errors(self, unet, embeddings, latents, prompt_sets: dict[str, list[str]], name: str) -> dict[str, float]:
         """Mean denoising error of `latents` under each set of prompts (one prompt per latent), over
         the fixed timesteps and noise: every set sees the same noised latents."""
         T = self.noise_scheduler.config.num_train_timesteps
@@ -127,19 +125,24 @@ class SelfCheck:
                 target = prediction_target(self.noise_scheduler, batch, noise, t)
                 for key, prompts in prompt_sets.items():
                     with self.autocast():
-                        prediction = unet(noisy, t, stack_embeddings(self.embeddings, prompts[start:start + 8])).sample
+                        prediction = unet(noisy, t, stack_embeddings(embeddings, prompts[start:start + 8])).sample
                     totals[key] += float(per_sample_mse(prediction, target).sum())
         return {key: total / len(latents) for key, total in totals.items()}
 
-    def errors(self, unet) -> dict:
-        concept = self._mean_errors(unet, self.concept.latents, {
+    def errors(self, pipeline) -> dict:
+        """The errors of `pipeline` as it is now: prompts are encoded by its own text encoder, which
+        methods such as AdvUnlearn change."""
+        embeddings = encode_prompts(pipeline, self.prompts.concept + self.prompts.anchor + self.prompts.retain + [""],
+                                    self.device)
+        concept = self._mean_errors(pipeline.unet, embeddings, self.concept.latents, {
             "concept_prompt": self.concept.prompts, "anchor_prompt": self.anchors,
             "empty_prompt": [""] * len(self.anchors)}, "concept")
-        return {**concept, **self._mean_errors(unet, self.retain.latents, {"retain": self.retain.prompts}, "retain")}
+        return {**concept, **self._mean_errors(pipeline.unet, embeddings, self.retain.latents,
+                                               {"retain": self.retain.prompts}, "retain")}
 
     def verdict(self, pipeline) -> dict:
         """The record of the check on `pipeline` as it is now (erasure.json's `self_check`)."""
-        erased = self.errors(pipeline.unet)
+        erased = self.errors(pipeline)
         margins = {"base": self.base_margin,
                    "erased": erased["empty_prompt"] - erased["concept_prompt"] - self.anchor_gain}
         remaining = None if self.cannot_tell() else margins["erased"] / margins["base"]

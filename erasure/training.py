@@ -122,15 +122,16 @@ def frozen_copy(module: torch.nn.Module, names) -> dict[str, torch.Tensor]:
     return {name: parameters[name].detach().clone() for name in names}
 
 
-def fit(accelerator: Accelerator, model, optimizer, compute_loss, *, steps: int, gradient_accumulation_steps: int = 1,
-        resume_from_checkpoint: str | None = None, checkpoint_dir: str | None = None, checkpointing_steps: int = 0,
-        checkpoints_total_limit: int | None = None, step_callback=None,
-        show_progress: bool = True, description: str = "training") -> tuple[dict, int]:
+def fit(accelerator: Accelerator, model, optimizer, compute_loss, config, *, checkpoint_dir: str | None = None,
+        step_callback=None, show_progress: bool = True, description: str = "training") -> tuple[dict, int]:
     """The optimisation loop every trained method shares; returns the last step's logs and the step it resumed from.
 
+    `config` (a TrainingConfig) gives the steps, gradient accumulation, checkpointing and resume.
     `compute_loss(step, micro)` returns (loss, logs) for one micro-batch; its randomness must depend
     only on (step, micro) so that a resumed run repeats the uninterrupted one.
     """
+    steps, gradient_accumulation_steps = config.steps, config.gradient_accumulation_steps
+    resume_from_checkpoint, checkpointing_steps = config.resume_from_checkpoint, config.checkpointing_steps
     from tqdm.auto import tqdm
 
     from .errors import TrainingDiverged
@@ -162,7 +163,7 @@ def fit(accelerator: Accelerator, model, optimizer, compute_loss, *, steps: int,
         progress.set_postfix(loss=f"{logs['loss']:.4f}")
         accelerator.log(logs, step=step + 1)
         if checkpoint_dir and checkpointing_steps and (step + 1) % checkpointing_steps == 0:
-            save_checkpoint(accelerator, checkpoint_dir, step + 1, checkpoints_total_limit)
+            save_checkpoint(accelerator, checkpoint_dir, step + 1, config.checkpoints_total_limit)
         if step_callback:
             step_callback(step + 1, logs)
     # Undo what prepare() added (the mixed-precision forward wrapper) so inference runs as before.

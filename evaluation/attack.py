@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from ..erasure.diffusion import prediction_target, seeded_generator
+from ..erasure.diffusion import PrefixEmbeddings, prediction_target, prefixed_token_ids, seeded_generator
 
 
 @dataclass
@@ -71,28 +71,6 @@ def project_to_simplex(v: torch.Tensor) -> torch.Tensor:
     return (v - theta).clamp(min=0)
 
 
-class _PrefixEmbeddings:
-    """Puts given vectors at token positions 1..k of the text encoder's input embeddings (transformers'
-    CLIPTextModel takes no inputs_embeds); the positions' token ids are placeholders."""
-
-    def __init__(self, text_encoder):
-        self.layer = text_encoder.get_input_embeddings()
-        self.vectors = None
-
-    def __enter__(self):
-        self.handle = self.layer.register_forward_hook(self._replace)
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.remove()
-
-    def _replace(self, module, inputs, output):
-        if self.vectors is None:
-            return output
-        k = self.vectors.shape[0]
-        return torch.cat([output[:, :1], self.vectors.to(output.dtype).expand(len(output), -1, -1), output[:, 1 + k:]], 1)
-
-
 def attack_prompt(pipeline, prompt: str, target_latents: torch.Tensor, candidates: list[int], settings: AttackSettings,
                   succeeded) -> dict:
     """Search k prefix tokens that make `pipeline` draw what `target_latents` show from `prompt`.
@@ -107,14 +85,12 @@ def attack_prompt(pipeline, prompt: str, target_latents: torch.Tensor, candidate
     start = torch.randint(len(candidates), (k,), generator=generator)
     relaxed = F.one_hot(start, len(candidates)).float().to(device).requires_grad_(True)
     optimizer = torch.optim.Adam([relaxed], lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length - k, truncation=True,
-                    return_tensors="pt").input_ids
-    ids = torch.cat([ids[:, :1], torch.full((1, k), candidates[0]), ids[:, 1:]], 1).to(device)
+    ids = prefixed_token_ids(tokenizer, [prompt], k, candidates[0]).to(device)
     latents = target_latents.to(device)
     result = {"prompt": prompt, "success": False, "steps": 0}
     for p in (*text_encoder.parameters(), *unet.parameters()):
         p.requires_grad_(False)
-    with _PrefixEmbeddings(text_encoder) as prefix:
+    with PrefixEmbeddings(text_encoder) as prefix:
         for step in range(1, settings.steps + 1):
             hard = F.one_hot(relaxed.argmax(1), len(candidates)).float()
             prefix.vectors = (hard + relaxed - relaxed.detach()) @ vocabulary  # straight-through

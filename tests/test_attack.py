@@ -14,8 +14,9 @@ from conftest import erase_cli
 from sd_erasure.erasure.cli import main
 from sd_erasure.erasure.folders import resolve_model
 from sd_erasure.erasure.model_io import load_pipeline
-from sd_erasure.evaluation.attack import (AttackSettings, _PrefixEmbeddings, attack_prompt, attacked_text,
-                                          candidate_tokens, project_to_simplex)
+from sd_erasure.erasure.diffusion import PrefixEmbeddings
+from sd_erasure.evaluation.attack import (AttackSettings, attack_prompt, attacked_text, candidate_tokens,
+                                          project_to_simplex)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def test_the_attacked_prompt_is_text_the_stock_path_reads_the_same(base):
         prompt_ids = tokenizer("a red square", padding="max_length", max_length=tokenizer.model_max_length - 3,
                                return_tensors="pt").input_ids
         placeholder_ids = torch.cat([prompt_ids[:, :1], torch.full((1, 3), candidates[0]), prompt_ids[:, 1:]], 1)
-        with _PrefixEmbeddings(text_encoder) as prefix:
+        with PrefixEmbeddings(text_encoder) as prefix:
             prefix.vectors = text_encoder.get_input_embeddings().weight[chosen]
             hooked = text_encoder(placeholder_ids)[0]
     torch.testing.assert_close(hooked, stock)
