@@ -159,7 +159,7 @@ def cmd_push(args) -> int:
 
     url = push(args.folder, args.repo_id, private=args.private, revision=args.revision,
                commit_message=args.commit_message, create_pr=args.create_pr, license=args.license,
-               metrics_file=args.metrics)
+               metrics_file=args.metrics, attack_metrics_file=args.attack_metrics)
     print(f"pushed: {url}")
     return 0
 
@@ -241,6 +241,8 @@ def cmd_attack(args) -> int:
     metrics = attack_shapes(args.model, args.concept, args.output, base=args.base, settings=settings,
                             images_per_prompt=args.images_per_prompt, calibrate=not args.no_calibration,
                             limit=args.limit, overwrite=args.overwrite)
+    if metrics is None:  # the other processes of a sharded run
+        return 0
     line = f"pre-attack ASR {metrics['pre_attack_asr']:.2f}, ASR {metrics['asr']:.2f} " \
            f"(concept in {metrics['concept_rate_attacked']:.0%} of attacked images)"
     if "calibration_asr" in metrics:
@@ -329,6 +331,8 @@ def build_parser() -> Parser:
     push_parser.add_argument("--commit-message", help="message of the upload commit")
     push_parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to the branch")
     push_parser.add_argument("--metrics", help="metrics.json written by `sd-erase evaluate`, shown in the card and its model-index")
+    push_parser.add_argument("--attack-metrics", metavar="FILE",
+                             help="metrics.json written by `sd-erase attack`, shown in the card's robustness line")
     add_hub_arguments(push_parser)
     push_parser.set_defaults(run=cmd_push)
     attack_parser = sub.add_parser("attack", help="UnlearnDiffAtk: search a few words that bring an erased concept back",

@@ -88,7 +88,20 @@ def _is_hub_id(name: str) -> bool:
         return False
 
 
-def build_model_card(folder: str, repo_id: str, license: str | None = None, metrics_file: str | None = None) -> ModelCard:
+def _read_metrics(path: str | None, command: str, key: str) -> dict | None:
+    if not path:
+        return None
+    if not os.path.isfile(path):
+        raise EraseError(f"metrics file {path} does not exist: give the metrics.json that `{command}` wrote")
+    with open(path) as f:
+        metrics = json.load(f)
+    if key not in metrics:
+        raise EraseError(f"{path} has no {key!r}: give the metrics.json that `{command}` wrote")
+    return metrics
+
+
+def build_model_card(folder: str, repo_id: str, license: str | None = None, metrics_file: str | None = None,
+                     attack_metrics_file: str | None = None) -> ModelCard:
     """Render hub_cards/model_card.md for an erase output, with Hub metadata and checked YAML."""
     from .self_check import describe
 
@@ -99,12 +112,8 @@ def build_model_card(folder: str, repo_id: str, license: str | None = None, metr
     if license not in HUB_LICENSES:
         raise EraseError(f"license {license!r} is not one the Hub accepts: use an identifier such as apache-2.0, "
                          "creativeml-openrail-m or openrail++")
-    metrics = None
-    if metrics_file:
-        if not os.path.isfile(metrics_file):
-            raise EraseError(f"metrics file {metrics_file} does not exist: give the metrics.json that `sd-erase evaluate` wrote")
-        with open(metrics_file) as f:
-            metrics = json.load(f)
+    metrics = _read_metrics(metrics_file, "sd-erase evaluate", "erased")
+    attack = _read_metrics(attack_metrics_file, "sd-erase attack", "asr")
     base_id, method = record["base_model"]["id"], record["method"]
     registered = methods().get(method)  # a method registered by a plugin that is not loaded: its name only
     profile = ModelProfile.load(folder)
@@ -134,7 +143,8 @@ def build_model_card(folder: str, repo_id: str, license: str | None = None, metr
         metrics_protocol=", ".join(f"{k} {v}" for k, v in metrics["protocol"].items()) + f" ({metrics['suite']} suite)"
         if metrics else None,
         self_check=describe(record["self_check"], advice=False) if "self_check" in record else None,
-        robustness_link=None, citation=registered.citation if registered else "",
+        robustness=_robustness(attack) if attack else None, citation=registered.citation if registered else "",
+        text_encoder_changed=record.get("changed", {}).get("text_encoder", {}).get("entries", 0) > 0,
     )
     check_card_yaml(card)
     return card
@@ -149,6 +159,20 @@ def describe_changes(changed: dict) -> str:
     same = [COMPONENT_NAMES[name] for name, c in changed.items() if not c["entries"]]
     return ("Changed: " + ("; ".join(moved) if moved else "nothing") + "."
             + (f" The {' and '.join(same)} {'is' if len(same) == 1 else 'are'} bit-identical to the base model." if same else ""))
+
+
+def _robustness(attack: dict) -> str:
+    """One sentence from `sd-erase attack`'s metrics.json."""
+    settings = attack["settings"]
+    text = (f"UnlearnDiffAtk on {attack['prompts']} prompts of '{attack['concept']}' ({settings['tokens']} adversarial "
+            f"tokens, up to {settings['steps']} steps, judged by the {attack.get('judge', 'shapes-world judge')}): "
+            f"pre-attack ASR {attack['pre_attack_asr']:.2f}, ASR {attack['asr']:.2f}, concept in "
+            f"{attack['concept_rate_attacked']:.0%} of attacked images; random words instead of the attack: ASR "
+            f"{attack['random_control_asr']:.2f}")
+    if "calibration_asr" in attack:
+        text += (f"; the same attack on the base model from a prompt without the concept: ASR "
+                 f"{attack['calibration_asr']:.2f}")
+    return text + "."
 
 
 def _example_prompt(record: dict) -> str:
@@ -180,14 +204,14 @@ def _written_by_us(readme: str) -> bool:
 
 def push(folder: str, repo_id: str, private: bool = False, revision: str | None = None,
          commit_message: str | None = None, create_pr: bool = False, license: str | None = None,
-         metrics_file: str | None = None) -> str:
+         metrics_file: str | None = None, attack_metrics_file: str | None = None) -> str:
     """Create the repo, write the card (README.md) and upload the folder; returns the repo or PR URL."""
     folder = os.path.abspath(folder)
     check_repo_id(repo_id)
     if create_pr and revision:
         raise EraseError("--create-pr opens a pull request against the default branch: leave out --revision")
     token = require_token()
-    card = build_model_card(folder, repo_id, license, metrics_file)
+    card = build_model_card(folder, repo_id, license, metrics_file, attack_metrics_file)
     readme = os.path.join(folder, "README.md")
     if os.path.isfile(readme) and not _written_by_us(readme):
         print(f"keeping your own {readme} as the model card")

@@ -117,11 +117,14 @@ def attack_prompt(pipeline, prompt: str, target_latents: torch.Tensor, candidate
 
 def attack_shapes(model: str, concept: str, output_dir: str, base: str = "shapes", settings: AttackSettings = AttackSettings(),
                   images_per_prompt: int = 4, calibrate: bool = True, limit: int | None = None,
-                  overwrite: bool = False, show_progress: bool = True) -> dict:
+                  overwrite: bool = False, show_progress: bool = True) -> dict | None:
     """The attack on every world prompt naming `concept`, judged by the bundled judge: success when
     any of the prompt's images shows the concept. Calibration: the same attack on the base model
     from the prompt with the concept's next of kind ("a red square" for "a red circle"). Writes
-    OUTPUT/metrics.json, report.html and per prompt its record and images; resumes per prompt."""
+    OUTPUT/metrics.json, report.html and per prompt its record and images; resumes per prompt.
+    Under `accelerate launch`/torchrun the prompts are shared out between the processes (prompt i
+    to process i mod K) and the main process writes the metrics and the report; it returns the
+    metrics there and None on the other processes."""
     import json
     import os
     from dataclasses import asdict
@@ -132,6 +135,7 @@ def attack_shapes(model: str, concept: str, output_dir: str, base: str = "shapes
     from ..erasure.folders import OutputFolder, differing_keys, resolve_model
     from ..erasure.model_io import load_pipeline
     from .judge import load_judge
+    from .generate import process_state
     from .metrics import Protocol, generate
     from .report import attack_report
     from .shapes import JUDGE_FILE, Prompt, canonical_style, concept_kind, prompts, style_words, world_concepts
@@ -154,10 +158,14 @@ def attack_shapes(model: str, concept: str, output_dir: str, base: str = "shapes
     partial = output.partial
     if differing_keys(os.path.join(partial, "attack.json"), run):
         raise EraseError(f"{partial} holds an attack with other settings: rerun with the same ones, or remove it")
-    output.begin()
-    os.makedirs(os.path.join(partial, "prompts"), exist_ok=True)
-    with open(os.path.join(partial, "attack.json"), "w") as f:
-        json.dump(run, f, indent=1)
+    state = process_state()
+    state.wait_for_everyone()  # every process has checked the folder before the main one starts it
+    if state.is_main_process:
+        output.begin()
+        os.makedirs(os.path.join(partial, "prompts"), exist_ok=True)
+        with open(os.path.join(partial, "attack.json"), "w") as f:
+            json.dump(run, f, indent=1)
+    state.wait_for_everyone()
 
     pipelines = {name: load_pipeline(resolve_model(path)) for name, path in (("base", base), ("erased", model))}
     for pipeline in pipelines.values():
@@ -185,7 +193,7 @@ def attack_shapes(model: str, concept: str, output_dir: str, base: str = "shapes
 
     for index, prompt in enumerate(attacked):
         path = os.path.join(partial, "prompts", f"{index:03d}.json")
-        if os.path.isfile(path):
+        if index % state.num_processes != state.process_index or os.path.isfile(path):
             continue
         record = {}
         success, details, images = judged(pipelines["erased"], prompt.text)
@@ -214,6 +222,9 @@ def attack_shapes(model: str, concept: str, output_dir: str, base: str = "shapes
                   + (f" with {outcome['adversarial_prompt']!r} after {outcome['steps']} steps, {outcome['seconds']} s"
                      if "attacked" in record else " without attack"), flush=True)
 
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
     records, rows = [], []
     for index in range(len(attacked)):
         with open(os.path.join(partial, "prompts", f"{index:03d}.json")) as f:

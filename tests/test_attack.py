@@ -1,10 +1,13 @@
 """UnlearnDiffAtk on the shapes world: the attacked prompt is text that round-trips through the
 tokenizer, the attack finds circles on the base model from a prompt without the word and is
-deterministic, and `sd-erase attack` writes its report, resumes, and refuses bad input in one line."""
+deterministic, and `sd-erase attack` writes its report, resumes, shards across processes, and refuses
+bad input in one line."""
 
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -121,3 +124,26 @@ def test_sd_erase_attack_reports_resumes_and_refuses_bad_input(tmp_path, capsys)
     one_line([*args[:4], "dog", *args[5:6], str(tmp_path / "x")], "not a shapes-world concept")
     one_line([*args[:6], str(tmp_path / "y"), "--tokens", "0"], "--tokens must be at least 1")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_two_processes_attack_exactly_the_prompts_of_one(tmp_path):
+    erased = tmp_path / "uce-circle"
+    assert erase_cli("--model", "shapes", "--method", "uce", "--concept", "circle", "--output", erased) == 0
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    args = ["attack", "--model", str(erased), "--concept", "circle", "--limit", "3", "--steps", "4",
+            "--check-every", "2", "--images-per-prompt", "1", "--no-calibration", "--output"]
+    one = subprocess.run([sys.executable, "-m", "sd_erasure.erasure.cli", *args, str(tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+                          "sd_erasure.erasure.cli", *args, str(tmp_path / "two")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.stdout.count("pre-attack ASR") == 1  # the main process reports, once
+    for i in range(3):
+        a, b = (json.loads((tmp_path / run / "prompts" / f"{i:03d}.json").read_text()) for run in ("one", "two"))
+        assert without_seconds(a) == without_seconds(b)
+    one, two = ({k: v for k, v in json.loads((tmp_path / run / "metrics.json").read_text()).items()
+                 if not k.startswith("seconds")} for run in ("one", "two"))
+    assert one == two
+    assert not (tmp_path / "two.incomplete").exists()
