@@ -6,6 +6,7 @@
         --num-images 256 --synthesis-scheduler dpm --synthesis-steps 20 --synthesis-batch-size 32 --record
     python -m benchmarks.bench_erase --size sd15 --method esd --mixed-precision bf16 --steps 50 --record
     python -m benchmarks.bench_erase --size sd15 --method uce --record
+    python -m benchmarks.bench_erase --size sd15 --method advunlearn --mixed-precision bf16 --steps 10 --warmup-steps 2
 
 It runs the real code path (`erasure.erase`) with a fresh data cache, so synthesis is measured,
 and prints one JSON object; `--record` also appends it to benchmarks/results.jsonl.
@@ -51,6 +52,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--synthesis-batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, help="default: 100 (salun), 1000 (esd)")
     parser.add_argument("--batch-size", type=int, help="default: 8 (salun), 1 (esd)")
+    parser.add_argument("--warmup-steps", type=int, help="advunlearn: steps before the attack starts (default 200)")
     parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--record", action="store_true", help=f"append the result to {os.path.relpath(RESULTS)}")
@@ -70,7 +72,7 @@ def main(argv=None) -> dict:
         del pipeline
         common = dict(model=base, concept="nudity", output_dir=os.path.join(work, "erased"),
                       cache_dir=os.path.join(work, "cache"), mixed_precision=args.mixed_precision)
-        settings = {k: getattr(args, k) for k in ("steps", "batch_size") if getattr(args, k) is not None}
+        settings = {k: getattr(args, k) for k in ("steps", "batch_size", "warmup_steps") if getattr(args, k) is not None}
         settings.update(gradient_checkpointing=args.gradient_checkpointing, num_images=args.num_images,
                         synthesis_steps=args.synthesis_steps, synthesis_batch_size=args.synthesis_batch_size,
                         synthesis_scheduler=args.synthesis_scheduler, sample_from=args.sample_from)

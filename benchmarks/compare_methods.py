@@ -2,12 +2,16 @@
 
     python -m benchmarks.compare_methods                      # all methods, both concepts (CPU: ~15 min)
     python -m benchmarks.compare_methods --methods uce --concepts circle --record
+    python -m benchmarks.compare_methods --concepts circle --attack --record   # + UnlearnDiffAtk (CPU: ~1 h)
 
 Each erase runs as `sd-erase erase --model shapes --method M --concept C` in its own process with
 an empty data cache (so its seconds include synthesis and its peak memory is its own), with the
 settings the shapes model recommends for the method. Each result is evaluated with the shapes
-protocol (UA, IRA, CRA, FID on the judge's features, base model alongside). Prints a Markdown
-table; `--record` appends every row to benchmarks/results.jsonl.
+protocol (UA, IRA, CRA, FID on the judge's features, base model alongside). With `--attack`, each
+output is also attacked with `sd-erase attack`'s defaults (pre-attack ASR, ASR, attacked concept
+rate, random-words control); the calibration (the attack on the base model) depends on the concept
+only, so it runs once per concept and its numbers go in every row. Prints a Markdown table;
+`--record` appends every row to benchmarks/results.jsonl.
 """
 
 import argparse
@@ -57,17 +61,38 @@ def erase_and_evaluate(method: str, concept: str, work: str, extra: list[str], n
     return record, wall, metrics
 
 
+ATTACK_KEYS = ("pre_attack_asr", "asr", "concept_rate_attacked", "random_control_asr", "seconds_per_attacked_prompt")
+CALIBRATION_KEYS = ("calibration_asr", "calibration_concept_rate")
+
+
+def attack_output(output: str, concept: str, work: str, name: str, calibrate: bool) -> dict:
+    """`sd-erase attack` with its defaults on an erase output: the metrics the table reports."""
+    from sd_erasure.evaluation.attack import attack_shapes
+
+    metrics = attack_shapes(output, concept, os.path.join(work, f"attack-{name}"), calibrate=calibrate,
+                            show_progress=False)
+    keys = ATTACK_KEYS + (CALIBRATION_KEYS if calibrate else ())
+    return {"settings": metrics["settings"], **{k: metrics[k] for k in keys}}
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| concept | method | UA ↑ | IRA ↑ | CRA ↑ | FID ↓ | seconds | peak RSS GiB | weights changed | bytes changed |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    attacked = all("attack" in r for r in rows)
+    extra = " pre-attack ASR ↓ | ASR ↓ | attacked concept rate ↓ | calibration ASR |" if attacked else ""
+    lines = ["| concept | method | UA ↑ | IRA ↑ | CRA ↑ | FID ↓ | seconds | peak RSS GiB | weights changed | bytes changed |"
+             + extra, "|---|---|---|---|---|---|---|---|---|---|" + "---|" * (4 if attacked else 0)]
     for base in {r["concept"]: r for r in rows}.values():
         lines.append(f"| {base['concept']} | (base model) | {base['base']['UA']:.3f} | {base['base']['IRA']:.3f} | "
-                     f"{base['base']['CRA']:.3f} | – | – | – | – | – |")
+                     f"{base['base']['CRA']:.3f} | – | – | – | – | – |" + (" – | – | – | – |" if attacked else ""))
     for r in rows:
         e = r["erased"]
-        lines.append(f"| {r['concept']} | {r['method']} | {e['UA']:.3f} | {e['IRA']:.3f} | {e['CRA']:.3f} | "
-                     f"{e['FID']:.1f} | {r['erase_seconds']:.0f} | {r['peak_memory_gib']:.2f} | "
-                     f"{r['changed_share']:.2%} | {r['bytes_changed']:,} |")
+        line = (f"| {r['concept']} | {r['method']} | {e['UA']:.3f} | {e['IRA']:.3f} | {e['CRA']:.3f} | "
+                f"{e['FID']:.1f} | {r['erase_seconds']:.0f} | {r['peak_memory_gib']:.2f} | "
+                f"{r['changed_share']:.2%} | {r['bytes_changed']:,} |")
+        if attacked:
+            a = r["attack"]
+            line += (f" {a['pre_attack_asr']:.2f} | {a['asr']:.2f} | {a['concept_rate_attacked']:.2f} | "
+                     f"{a['calibration_asr']:.2f} |")
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -78,11 +103,13 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--concepts", nargs="+", default=list(CONCEPTS))
     parser.add_argument("--erase-args", default="", help="extra `sd-erase erase` flags for every run, e.g. '--steps 50'")
     parser.add_argument("--record", action="store_true", help=f"append the rows to {os.path.relpath(RESULTS)}")
+    parser.add_argument("--attack", action="store_true", help="also attack every output (sd-erase attack's defaults)")
     args = parser.parse_args(argv)
 
     rows = []
     with tempfile.TemporaryDirectory() as work:
         for concept in args.concepts:
+            calibration = None
             for method in args.methods:
                 record, wall, metrics = erase_and_evaluate(method, concept, work, args.erase_args.split())
                 changed = record["changed"]
@@ -99,9 +126,15 @@ def main(argv=None) -> list[dict]:
                     "bytes_changed": sum(c["bytes"] for c in changed.values()),
                     "protocol": metrics["protocol"], "versions": record["versions"],
                 }
+                if args.attack:
+                    row["attack"] = attack_output(os.path.join(work, f"{method}-{concept}"), concept, work,
+                                                  f"{method}-{concept}", calibrate=calibration is None)
+                    calibration = calibration or {k: row["attack"][k] for k in CALIBRATION_KEYS}
+                    row["attack"].update(calibration)
                 rows.append(row)
                 print(f"{concept:>8} {method:<10} UA {row['erased']['UA']:.3f} IRA {row['erased']['IRA']:.3f} "
-                      f"CRA {row['erased']['CRA']:.3f} FID {row['erased']['FID']:.1f} {wall:.0f} s", flush=True)
+                      f"CRA {row['erased']['CRA']:.3f} FID {row['erased']['FID']:.1f} {wall:.0f} s"
+                      + (f" ASR {row['attack']['asr']:.2f}" if args.attack else ""), flush=True)
     print(table(rows))
     if args.record:
         append_rows(rows)
