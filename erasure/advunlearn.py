@@ -204,6 +204,13 @@ def erase_pipeline(pipeline, config: AdvUnlearnConfig, session) -> tuple[dict, d
     word_embeddings = text_encoder.get_input_embeddings().weight
     k, eta, gamma = config.attack_tokens, config.negative_guidance, config.retain_loss_weight
     placeholder = tokenizer("a", add_special_tokens=False).input_ids[0]
+    # token ids per prompt, made once: plain, and with the attack's k placeholder positions
+    plain_ids = dict(zip(config.forget_prompts + config.retain_prompts,
+                         tokenizer(config.forget_prompts + config.retain_prompts, padding="max_length",
+                                   max_length=tokenizer.model_max_length, truncation=True,
+                                   return_tensors="pt").input_ids.to(device)))
+    attack_ids = dict(zip(config.forget_prompts, prefixed_token_ids(tokenizer, config.forget_prompts, k,
+                                                                    placeholder).to(device)))
     rows = range(accelerator.process_index * config.batch_size, (accelerator.process_index + 1) * config.batch_size)
 
     def points(pool_name, keys, count, stop=None):
@@ -232,7 +239,7 @@ def erase_pipeline(pipeline, config: AdvUnlearnConfig, session) -> tuple[dict, d
                                                              generator=g).to(device)].view(len(prompts), k, -1).clone()
         vectors.requires_grad_(True)
         attack_optimizer = torch.optim.Adam([vectors], lr=config.attack_learning_rate)
-        ids = prefixed_token_ids(tokenizer, prompts, k, placeholder).to(device)
+        ids = torch.stack([attack_ids[p] for p in prompts])
         for a in range(config.attack_steps):
             z, t, _, _ = points("concept", (draw, "attack", a), len(prompts))
             target = frozen_prediction(z, t, prompts)
@@ -259,12 +266,8 @@ def erase_pipeline(pipeline, config: AdvUnlearnConfig, session) -> tuple[dict, d
             z, t, _, stop = points("concept", (draw, "erase", accelerator.process_index), len(prompts))
             e_anchor = frozen_prediction(z, t, [anchors[p] for p in prompts])
             target = e_anchor - eta * (frozen_prediction(z, t, prompts) - e_anchor)
-            if adversarial:
-                prefix.vectors = vectors
-                ids = prefixed_token_ids(tokenizer, prompts, k, placeholder).to(device)
-            else:
-                ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt").input_ids.to(device)
+            prefix.vectors = vectors
+            ids = torch.stack([(attack_ids if adversarial else plain_ids)[p] for p in prompts])
             with accelerator.autocast():
                 prediction = unet(z, t, model(ids)[0]).sample
             prefix.vectors = None
@@ -272,10 +275,8 @@ def erase_pipeline(pipeline, config: AdvUnlearnConfig, session) -> tuple[dict, d
             z_r, t_r, retain, _ = points("retain", (draw, "retain", accelerator.process_index),
                                          config.retain_batch_size, stop)
             retain_target = frozen_prediction(z_r, t_r, retain)
-            retain_ids = tokenizer(retain, padding="max_length", max_length=tokenizer.model_max_length,
-                                   truncation=True, return_tensors="pt").input_ids.to(device)
             with accelerator.autocast():
-                retain_prediction = unet(z_r, t_r, model(retain_ids)[0]).sample
+                retain_prediction = unet(z_r, t_r, model(torch.stack([plain_ids[p] for p in retain]))[0]).sample
             retain_loss = per_sample_mse(retain_prediction, retain_target).mean()
         loss = forget_loss + gamma * retain_loss
         return loss, {"loss": loss.item(), "forget_loss": forget_loss.item(), "retain_loss": retain_loss.item()}
