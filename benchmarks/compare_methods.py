@@ -67,10 +67,10 @@ CALIBRATION_KEYS = ("calibration_asr", "calibration_concept_rate")
 
 def attack_output(output: str, concept: str, work: str, name: str, calibrate: bool) -> dict:
     """`sd-erase attack` with its defaults on an erase output: the metrics the table reports."""
-    from sd_erasure.evaluation.attack import attack_shapes
+    from sd_erasure.evaluation.attack import ShapesAttack, run_attack
 
-    metrics = attack_shapes(output, concept, os.path.join(work, f"attack-{name}"), calibrate=calibrate,
-                            show_progress=False)
+    metrics = run_attack(ShapesAttack(concept), output, os.path.join(work, f"attack-{name}"), "shapes",
+                         calibrate=calibrate, show_progress=False)
     keys = ATTACK_KEYS + (CALIBRATION_KEYS if calibrate else ())
     return {"settings": metrics["settings"], **{k: metrics[k] for k in keys}}
 

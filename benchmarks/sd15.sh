@@ -13,5 +13,6 @@ run benchmarks.bench_erase --size sd15 --method esd --mixed-precision bf16 --ste
 run benchmarks.bench_erase --size sd15 --method esd --mixed-precision bf16 --steps 20   # paper sampling (current model)
 run benchmarks.bench_erase --size sd15 --method uce                 # target: <= 5 s
 run benchmarks.bench_erase --size sd15 --method advunlearn --mixed-precision bf16 --steps 10 --warmup-steps 2 --num-images 16   # 8 steps with the 30-step attack
+run benchmarks.bench_attack --size sd15 --prompts 2 --steps 200 --check-every 100   # nudity protocol, worst case per prompt
 run benchmarks.bench_generate --size sd15 --prompts 64 --steps 50 --repeats 2   # target: harness >= 0.95 of bare
 run benchmarks.bench_optimizer --size sd15

@@ -143,3 +143,12 @@ class OutputFolder:
         if os.path.isdir(self.path):
             shutil.rmtree(self.path)
         os.rename(self.partial, self.path)
+
+
+def base_of(model: str) -> str | None:
+    """The base model an erase output names in its erasure.json (None for any other folder)."""
+    record = os.path.join(model, "erasure.json")
+    if os.path.isfile(record):
+        with open(record) as f:
+            return json.load(f)["base_model"]["id"]
+    return None

@@ -63,14 +63,14 @@ td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}} td:first-child{
     return files
 
 
-def attack_report(folder: str, metrics: dict, records: list[dict], rows: list[dict], per_prompt: int) -> None:
+def attack_report(folder: str, metrics: dict, records: list[dict], rows: list[dict], per_prompt: int, judge: str) -> None:
     """metrics.json, one grid per kind of row (the erased model's plain and attacked prompts, the base
     model's calibration), each row labelled with the text it came from, and report.html."""
     with open(os.path.join(folder, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)
     grids = []
     for name, model in (("plain", "erased"), ("attacked", "erased"), ("calibration", "base")):
-        kept = [(r[name]["adversarial_prompt"] if name != "plain" else r[name]["prompt"], row[name])
+        kept = [((r[name]["adversarial_prompt"] if name != "plain" else r[name]["prompt"])[:48], row[name])
                 for r, row in zip(records, rows) if name in row]
         if kept:
             image_grid(torch.cat([images for _, images in kept]), [text for text, _ in kept], per_prompt,
@@ -81,7 +81,7 @@ def attack_report(folder: str, metrics: dict, records: list[dict], rows: list[di
                ("concept rate per image, plain prompts", "concept_rate_plain", "{:.3f}"),
                ("concept rate per image, after the attack", "concept_rate_attacked", "{:.3f}"),
                ("control: as many random words before the prompt, ASR", "random_control_asr", "{:.3f}"),
-               ("calibration: the attack on the base model from a neighbouring prompt, ASR", "calibration_asr", "{:.3f}"),
+               ("calibration: the attack on the base model from a prompt without the concept, ASR", "calibration_asr", "{:.3f}"),
                ("calibration: concept rate per image", "calibration_concept_rate", "{:.3f}"),
                ("seconds per attacked prompt", "seconds_per_attacked_prompt", "{:.1f}")]
     table = "".join(f"<tr><td>{html.escape(label)}</td><td>{fmt.format(metrics[key])}</td></tr>"
@@ -92,8 +92,8 @@ def attack_report(folder: str, metrics: dict, records: list[dict], rows: list[di
 td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}} td:first-child{{text-align:left}}
 .grids{{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}} figure{{margin:0}} img{{image-rendering:pixelated}}</style></head>
 <body><h1>UnlearnDiffAtk on “{html.escape(metrics['concept'])}”: {html.escape(metrics['model'])}</h1>
-<p>Settings: {html.escape(json.dumps(metrics['settings']))}; base model {html.escape(metrics['base'])}. Judge: the
-shapes-world classifier (it can be fooled by round blobs: look at the images).</p>
+<p>Settings: {html.escape(json.dumps(metrics['settings']))}; base model {html.escape(metrics['base'])}.
+Success: {html.escape(judge)}.</p>
 <table>{table}</table><div class="grids">{''.join(grids)}</div></body></html>
 """
     with open(os.path.join(folder, "report.html"), "w") as f:

@@ -9,7 +9,7 @@ from dataclasses import asdict
 import torch
 
 from ..erasure.errors import EraseError
-from ..erasure.folders import resolve_model
+from ..erasure.folders import base_of, resolve_model
 from ..erasure.job import erase
 from ..erasure.methods import DEFAULT_METHOD
 from ..erasure.model_io import load_pipeline
@@ -80,14 +80,6 @@ def demo(output_dir: str = "shapes-demo", concept: str = "circle", overwrite: bo
 
 PROMPT_SUITES = {"nudity": "nudity-142", "i2p": "i2p", "coco": "coco-10k", "imagenette": "imagenette"}
 BLURRED_SUITES = ("nudity", "i2p")  # their images are pixelated in reports unless --no-blur
-
-
-def _base_of(model: str) -> str | None:
-    record = os.path.join(model, "erasure.json")
-    if os.path.isfile(record):
-        with open(record) as f:
-            return json.load(f)["base_model"]["id"]
-    return None
 
 
 def generate_both(models: dict[str, str], rows, prompt_set: str, output_dir: str, settings: GenerationSettings,
@@ -175,7 +167,7 @@ def evaluate_prompts(model: str, output_dir: str, suite: str = "nudity", base: s
     Returns the metrics on the main process (None on the others of a sharded run).
     """
     state = process_state()
-    base = base or _base_of(model)
+    base = base or base_of(model)
     if not base:
         raise EraseError(f"{model} has no erasure.json naming its base model: pass --base")
     prompt_set = prompts or PROMPT_SUITES[suite]

@@ -134,18 +134,9 @@ def clip_score(images: torch.Tensor, prompts: list[str], clip_path: str, batch_s
 
 
 @torch.no_grad()
-def classifier_accuracy(images: torch.Tensor, class_index: int, classifier_path: str, batch_size: int = 64) -> float:
-    """Top-1 accuracy of a local image classifier (a transformers folder) on uint8 images of one class."""
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
+def classifier_accuracy(images: torch.Tensor, class_index: int, classifier_path: str) -> float:
+    """Top-1 accuracy of a local image classifier (a transformers folder) on uint8 (N, 3, H, W) images of one class."""
+    from .classifier import load_classifier
 
-    if not os.path.isdir(classifier_path):
-        raise EraseError(f"classifier weights {classifier_path} not found: pass a local image-classification folder "
-                         "(e.g. `hf download microsoft/resnet-50 --local-dir resnet-50`)")
-    model = AutoModelForImageClassification.from_pretrained(classifier_path).eval()
-    processor = AutoImageProcessor.from_pretrained(classifier_path)
-    hits = 0
-    for start in range(0, len(images), batch_size):
-        batch = [image.permute(1, 2, 0).numpy() for image in images[start:start + batch_size]]
-        logits = model(**processor(images=batch, return_tensors="pt")).logits
-        hits += int((logits.argmax(-1) == class_index).sum())
-    return hits / len(images)
+    predicted = load_classifier(classifier_path)(images.permute(0, 2, 3, 1).numpy())
+    return (predicted == class_index).float().mean().item()

@@ -77,7 +77,8 @@ def test_the_attack_draws_circles_on_the_base_model_without_the_word_and_is_dete
 
 
 def without_seconds(record):
-    return {name: {k: v for k, v in part.items() if k != "seconds"} for name, part in record.items()}
+    return {name: {k: v for k, v in part.items() if k != "seconds"} if isinstance(part, dict) else part
+            for name, part in record.items()}
 
 
 def test_sd_erase_attack_reports_resumes_and_refuses_bad_input(tmp_path, capsys):
@@ -147,3 +148,85 @@ def test_two_processes_attack_exactly_the_prompts_of_one(tmp_path):
                  if not k.startswith("seconds")} for run in ("one", "two"))
     assert one == two
     assert not (tmp_path / "two.incomplete").exists()
+
+
+NUDITY_WORDS_SEEN = ("nude", "naked", "nsfw", "topless")
+
+
+def test_nudity_suite_on_a_tiny_sd_model_judges_with_the_real_nudenet(erased, tmp_path, capsys):
+    from sd_erasure.evaluation.prompt_sets import load_prompts
+
+    out = tmp_path / "attack-nudity"
+    fast = ["--limit", "2", "--steps", "4", "--check-every", "2", "--num-inference-steps", "2"]
+    assert main(["attack", "--suite", "nudity", "--model", str(erased), "--output", str(out), *fast]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    run = json.loads((out / "attack.json").read_text())
+    assert run["suite"]["threshold"] == 0.45 and len(run["suite"]["classes"]) == 9 and run["settings"]["tokens"] == 5
+    assert run["base"] == json.loads((erased / "erasure.json").read_text())["base_model"]["id"]
+    # random weights draw noise, in which NudeNet finds nothing: every prompt is attacked, none succeeds
+    assert metrics["prompts"] == 2 and metrics["asr"] == 0 and metrics["calibration_asr"] == 0
+    rows = load_prompts("nudity-142", limit=2)
+    for index, row in enumerate(rows):
+        record = json.loads((out / "prompts" / f"{index:03d}.json").read_text())
+        assert (record["id"], record["seed"]) == (row.id, row.seed)  # the protocol's own seed per prompt
+        prefix = record["attacked"]["adversarial_prompt"].removesuffix(row.prompt)
+        assert len(prefix.split()) == 5 and not any(w in prefix.lower() for w in NUDITY_WORDS_SEEN)
+        calibration_start = record["calibration"]["adversarial_prompt"].split(" ", 5)[-1]
+        assert not any(w in calibration_start.lower() for w in NUDITY_WORDS_SEEN)  # a COCO caption
+        assert (out / "prompts" / f"{index:03d}-attacked-0.png").is_file()  # full-size images beside the record
+    assert "NudeNet" in (out / "report.html").read_text()
+
+    capsys.readouterr()
+    assert main(["attack", "--suite", "nudity", "--model", str(erased), "--output", str(tmp_path / "x"),
+                 "--nudenet-class", "FEET_EXPOSED", "--nudenet-class", "TOES"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no NudeNet class matches TOES" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_nudenet_classes_are_the_installed_detectors():
+    import nudenet.nudenet
+
+    from sd_erasure.evaluation.nudity import NUDENET_CLASSES
+
+    assert sorted(NUDENET_CLASSES) == sorted(getattr(nudenet.nudenet, "__labels"))
+
+
+def test_classwise_suite_success_is_the_users_classifier(erased, tmp_path, capsys):
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
+
+    classifier = tmp_path / "classifier"  # a small ResNet standing in for microsoft/resnet-50, biased to say church
+    torch.manual_seed(0)
+    labels = {0: "tench, Tinca tinca", 1: "church, church building", 2: "parachute, chute"}
+    model = ResNetForImageClassification(ResNetConfig(num_labels=3, hidden_sizes=[8, 16], depths=[1, 1], embedding_size=8,
+                                                      id2label=labels, label2id={v: k for k, v in labels.items()}))
+    with torch.no_grad():
+        model.classifier[-1].bias[1] = 1e4
+    model.save_pretrained(classifier)
+    ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=1.0).save_pretrained(classifier)
+    args = ["attack", "--suite", "classwise", "--model", str(erased), "--prompts", "attack-church", "--classifier",
+            str(classifier), "--limit", "1", "--steps", "4", "--check-every", "2", "--num-inference-steps", "2", "--output"]
+
+    assert main([*args, str(tmp_path / "church"), "--concept", "church"]) == 0
+    church = json.loads((tmp_path / "church" / "metrics.json").read_text())
+    assert church["pre_attack_asr"] == church["asr"] == church["calibration_asr"] == 1.0
+    assert "attacked" not in json.loads((tmp_path / "church" / "prompts" / "000.json").read_text())  # no attack needed
+
+    assert main([*args, str(tmp_path / "tench"), "--concept", "church", "--class-index", "0"]) == 0
+    tench = json.loads((tmp_path / "tench" / "metrics.json").read_text())
+    assert tench["asr"] == 0 and tench["suite"]["class_index"] == 0
+    record = json.loads((tmp_path / "tench" / "prompts" / "000.json").read_text())
+    assert "church" not in record["attacked"]["adversarial_prompt"].removesuffix(record["plain"]["prompt"]).lower()
+
+    def one_line(argv, message):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+
+    one_line([*args, str(tmp_path / "x"), "--concept", "dog"], "no class of")
+    one_line([*args[:3], "--model", str(erased), "--output", str(tmp_path / "x"), "--concept", "church"], "needs --prompts")
+    with pytest.raises(SystemExit) as stopped:  # argparse's own one line
+        main([*args[:2], "unlearncanvas", "--model", str(erased), "--output", str(tmp_path / "x")])
+    assert stopped.value.code == 2 and "invalid choice: 'unlearncanvas'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -1,6 +1,6 @@
 """The benchmark command keeps working (its numbers are recorded by hand, never asserted)."""
 
-from benchmarks import bench_generate, bench_optimizer
+from benchmarks import bench_attack, bench_generate, bench_optimizer
 from benchmarks.bench_erase import main
 
 
@@ -26,3 +26,6 @@ def test_tiny_optimizer_and_generation_benchmarks_run():
     assert optimizer["masked"]["state_gib"] < optimizer["dense"]["state_gib"]
     generation = bench_generate.main(["--size", "tiny", "--prompts", "8", "--steps", "2", "--repeats", "1"])
     assert generation["images_per_s"]["harness"] > 0 and generation["versions"]["torch"]
+    attack = bench_attack.main(["--size", "tiny", "--prompts", "1", "--steps", "4", "--check-every", "2",
+                                "--num-inference-steps", "2"])
+    assert attack["asr"] == 0 and attack["seconds_per_attacked_prompt"] > 0  # noise: the whole attack runs
