@@ -8,9 +8,11 @@ minimiser of
 so the erased concept's keys and values become its guide's, preserved concepts keep theirs, and
 λ keeps the rest of W close. c is the text encoder's output at a concept's last word token (the
 authors' current code; `edit_tokens last-word`), or at every position from there to the end,
-padding included (their paper-era code; `to-end`, paired position by position with the guide's):
-the end positions matter because the UNet attends to them too, and a causal text encoder
-writes the whole prompt into them. The solution is W_new = W_old·M·B⁻¹ with B = λI + Σ_e s_e c_e c_eᵀ +
+padding included (their paper-era code, train-scripts/train_erase.py; `to-end`, paired position
+by position with the guide's): the end positions matter because the UNet attends to them too, and
+a causal text encoder writes the whole prompt into them. The paper-era code also preserves each
+preserved caption at *all* its positions, start token included, and preserves the empty prompt
+when no preserve set is given; `to-end` does both. The solution is W_new = W_old·M·B⁻¹ with B = λI + Σ_e s_e c_e c_eᵀ +
 Σ_p s_p c_p c_pᵀ and M = λI + Σ_e s_e c_g c_eᵀ + Σ_p s_p c_p c_pᵀ: both are the same for every
 layer, so one D×D solve (float64, D = 768 for SD 1.x) serves all 32 projections.
 Defaults follow the official code: λ = 0.5, scales 1, guide '' (the empty prompt), no preserve set.
@@ -56,7 +58,8 @@ class UceConfig(EraseConfig):
     edit_tokens: Literal["last-word", "to-end"] | None = option(
         None, official="last-word", group=UCE,
         help="text positions whose keys/values are edited: the last word token (current official code) or it and "
-             "all after it (paper-era code; needed where the end tokens carry the concept)")
+             "all after it, preserved captions at every position and '' preserved when nothing else is "
+             "(paper-era code; needed where the end tokens carry the concept)")
 
     def check(self) -> None:
         super().check()
@@ -90,22 +93,35 @@ class UceConfig(EraseConfig):
                              "UCE concept")
 
 
-def concept_embeddings(pipeline, texts: list[str], device, to_end: bool) -> dict:
+Positions = Literal["last-word", "to-end", "all"]
+
+
+def concept_embeddings(pipeline, texts: list[str], device, positions: Positions) -> dict:
     """Text-encoder outputs (n, D) of each text: at its last word token (the start token for ''),
-    or from there to the last position."""
+    from there to the last position, or at every position."""
     import torch
 
     unique = list(dict.fromkeys(texts))
+    if not unique:
+        return {}
     tokens = pipeline.tokenizer(unique, padding="max_length", max_length=pipeline.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
     with torch.no_grad():
         hidden = pipeline.text_encoder.to(device)(tokens.input_ids.to(device))[0].double().cpu()
     last = tokens.attention_mask.sum(1) - 2  # the real tokens minus the end token, 0-based
-    return {text: hidden[i, last[i]:] if to_end else hidden[i, last[i]][None] for i, text in enumerate(unique)}
+    start = {"last-word": last, "to-end": last, "all": torch.zeros_like(last)}[positions]
+    stop = last + 1 if positions == "last-word" else torch.full_like(last, hidden.shape[1])
+    return {text: hidden[i, start[i]:stop[i]] for i, text in enumerate(unique)}
 
 
-def edit_matrix(config: UceConfig, embeddings: dict) -> tuple:
-    """K = M·B⁻¹ (float64), so that every edited W becomes W·K; and the condition number of B."""
+def preserved_texts(config: UceConfig) -> list[str]:
+    """The preserve set the edit uses: the paper-era code (`to-end`) preserves '' when none is given."""
+    return config.preserve_concepts or ([""] if config.edit_tokens == "to-end" else [])
+
+
+def edit_matrix(config: UceConfig, embeddings: dict, preserved: dict) -> tuple:
+    """K = M·B⁻¹ (float64), so that every edited W becomes W·K; and the condition number of B.
+    `embeddings` holds the erase and guide texts', `preserved` the preserve set's."""
     import torch
 
     dim = next(iter(embeddings.values())).shape[1]
@@ -116,8 +132,7 @@ def edit_matrix(config: UceConfig, embeddings: dict) -> tuple:
         C, G = embeddings[erase][:n], embeddings[guide][:n]
         B += config.erase_scale * C.T @ C
         M += config.erase_scale * G.T @ C
-    for preserve in config.preserve_concepts:
-        C = embeddings[preserve]
+    for C in preserved.values():
         B += config.preserve_scale * C.T @ C
         M += config.preserve_scale * C.T @ C
     eigenvalues = torch.linalg.eigvalsh(B)
@@ -125,7 +140,7 @@ def edit_matrix(config: UceConfig, embeddings: dict) -> tuple:
     if condition > 1e10:
         raise EraseError(
             f"UCE's system is singular (condition number {condition:.3g}): with --regularization {config.regularization} "
-            f"the {len(config.erase_concepts) + len(config.preserve_concepts)} erase and preserve concepts do not pin "
+            f"the {len(config.erase_concepts) + len(preserved)} erase and preserve concepts do not pin "
             f"down all {dim} directions; use a regularization above 0 (official: 0.5)")
     return torch.linalg.solve(B, M.T).T, condition  # B is symmetric: M·B⁻¹ = (B⁻¹·Mᵀ)ᵀ
 
@@ -135,9 +150,10 @@ def erase_pipeline(pipeline, config: UceConfig, session) -> tuple[dict, dict]:
 
     device = session.accelerator.device
     with session.timer.phase("edit"):
-        embeddings = concept_embeddings(pipeline, config.erase_concepts + config.guide_concepts + config.preserve_concepts,
-                                        device, to_end=config.edit_tokens == "to-end")
-        K, condition = edit_matrix(config, embeddings)
+        embeddings = concept_embeddings(pipeline, config.erase_concepts + config.guide_concepts, device, config.edit_tokens)
+        preserve = preserved_texts(config)
+        preserved = concept_embeddings(pipeline, preserve, device, "all" if config.edit_tokens == "to-end" else "last-word")
+        K, condition = edit_matrix(config, embeddings, preserved)
         names = [n for n, _ in pipeline.unet.named_parameters() if edited(n)]
         parameters = dict(pipeline.unet.named_parameters())
         with torch.no_grad():
@@ -146,17 +162,18 @@ def erase_pipeline(pipeline, config: UceConfig, session) -> tuple[dict, dict]:
                 weight.copy_((weight.double() @ K.to(weight.device)).to(weight.dtype))
     pairs = "; ".join(f"'{e}' → '{g}'" for e, g in zip(config.erase_concepts, config.guide_concepts))
     record = {
-        "prompts": {"erase": config.erase_concepts, "guide": config.guide_concepts, "preserve": config.preserve_concepts},
+        "prompts": {"erase": config.erase_concepts, "guide": config.guide_concepts, "preserve": preserve},
         "edit": {"parameters": names, "condition_number": condition},
         "summary": [
             ["edited weights", f"the {len(names)} cross-attention key and value projections (attn2.to_k, attn2.to_v), "
                                "in closed form; nothing else"],
-            ["concepts", f"{pairs}; {len(config.preserve_concepts)} preserved"
-                         + (f" ({'; '.join(config.preserve_concepts[:10])}{'…' if len(config.preserve_concepts) > 10 else ''})"
-                            if config.preserve_concepts else "")],
+            ["concepts", f"{pairs}; {len(preserve)} preserved"
+                         + (f" ({'; '.join(repr(p) for p in preserve[:10])}{'…' if len(preserve) > 10 else ''})"
+                            if preserve else "")],
             ["settings", f"λ = {config.regularization}, erase scale {config.erase_scale}, preserve scale "
                          f"{config.preserve_scale}; concept embeddings at "
-                         + ("the last word token" if config.edit_tokens == "last-word" else "every position from the last word token on")],
+                         + ("the last word token" if config.edit_tokens == "last-word" else
+                            "every position from the last word token on, preserved captions at every position")],
         ],
     }
     return record, {}

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from conftest import erase_cli, unet_weights
 from sd_erasure.erasure.esd import trains
+from sd_erasure.erasure.uce import edited
 from sd_erasure.erasure.self_check import EXIT_NOT_ERASED
 
 ESD_FAST = ["--steps", "3", "--synthesis-steps", "4"]
@@ -40,11 +41,11 @@ def uce_output(tiny_sd, tmp_path_factory):
 def test_uce_changes_exactly_the_cross_attention_keys_and_values(tiny_sd, uce_output):
     record = assert_stock_output(uce_output)
     changed = changed_tensors(tiny_sd, uce_output)
-    edited = {k for k in unet_weights(tiny_sd) if k.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))}
-    assert changed == edited and len(edited) > 0
+    projections = {k for k in unet_weights(tiny_sd) if edited(k)}
+    assert changed == projections and len(projections) > 0
     assert not changed_tensors(tiny_sd, uce_output, "text_encoder", "model.safetensors")
     assert record["method"] == "uce" and record["prompts"]["guide"] == [""]
-    assert record["changed"]["unet"]["tensors"] == len(edited) and record["changed"]["text_encoder"]["entries"] == 0
+    assert record["changed"]["unet"]["tensors"] == len(projections) and record["changed"]["text_encoder"]["entries"] == 0
 
 
 def test_uce_maps_the_erased_concept_onto_its_guide_and_keeps_preserved_ones(tiny_sd):
@@ -55,7 +56,7 @@ def test_uce_maps_the_erased_concept_onto_its_guide_and_keeps_preserved_ones(tin
     before = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
     pipe.erase("a cat", method="uce", guide_concepts=["a dog"], preserve_concepts=["a car", "a house"],
                regularization=1e-4, show_progress=False)
-    c = {k: v[0].float() for k, v in concept_embeddings(pipe, ["a cat", "a dog", "a car", "a house"], "cpu", False).items()}
+    c = {k: v[0].float() for k, v in concept_embeddings(pipe, ["a cat", "a dog", "a car", "a house"], "cpu", "last-word").items()}
     after = dict(pipe.unet.named_parameters())
     for name in (n for n in before if n.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))):
         old, new = before[name], after[name].detach()
@@ -65,6 +66,24 @@ def test_uce_maps_the_erased_concept_onto_its_guide_and_keeps_preserved_ones(tin
         for kept in ("a car", "a house"):
             assert torch.allclose(new @ c[kept], old @ c[kept], rtol=1e-3, atol=1e-3 * (old @ c[kept]).abs().max()), name
     assert all(torch.equal(before[n], after[n]) for n in before if "attn2.to_k" not in n and "attn2.to_v" not in n)
+
+
+def test_uce_to_end_follows_the_paper_era_code_preserving_the_empty_prompt_at_every_position(tiny_sd):
+    from sd_erasure.erasure.uce import concept_embeddings
+    from sd_erasure.pipelines import StableDiffusionErasurePipeline
+
+    drift = {}
+    for edit_tokens in ("to-end", "last-word"):
+        pipe = StableDiffusionErasurePipeline.from_pretrained(str(tiny_sd))
+        before = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
+        result = pipe.erase("a cat", method="uce", edit_tokens=edit_tokens, regularization=1e-3, show_progress=False)
+        # none given: the paper-era code keeps '' (at the start token and every end/padding position)
+        assert result.record["prompts"]["preserve"] == ([""] if edit_tokens == "to-end" else [])
+        empty = concept_embeddings(pipe, [""], "cpu", "all")[""].float().T
+        assert empty.shape[1] == pipe.tokenizer.model_max_length
+        drift[edit_tokens] = max(((w.detach() - before[n]) @ empty).norm() / (before[n] @ empty).norm()
+                                 for n, w in pipe.unet.named_parameters() if edited(n))
+    assert drift["to-end"] < 0.1 < drift["last-word"]  # measured 0.05 vs 0.68: the unconditional branch stays
 
 
 @pytest.mark.parametrize("train_method", ["x", "u"])
