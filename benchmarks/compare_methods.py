@@ -132,12 +132,12 @@ def main(argv=None) -> list[dict]:
                     calibration = calibration or {k: row["attack"][k] for k in CALIBRATION_KEYS}
                     row["attack"].update(calibration)
                 rows.append(row)
+                if args.record:  # row by row: an interrupted comparison keeps what it measured
+                    append_rows([row])
                 print(f"{concept:>8} {method:<10} UA {row['erased']['UA']:.3f} IRA {row['erased']['IRA']:.3f} "
                       f"CRA {row['erased']['CRA']:.3f} FID {row['erased']['FID']:.1f} {wall:.0f} s"
                       + (f" ASR {row['attack']['asr']:.2f}" if args.attack else ""), flush=True)
     print(table(rows))
-    if args.record:
-        append_rows(rows)
     return rows
 
 

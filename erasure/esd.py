@@ -11,7 +11,11 @@ drawing Y without the attribute c: z_t is sampled from Y, the model is queried w
 target is ε*(Y) − η·(ε*(c) − ε*(∅)).
 
 Defaults follow the paper code (rohitgandikota/erasing, train-esd.py): Adam lr 1e-5, 1000
-steps at batch 1, η = 1, trajectories sampled by the model being trained (`sample_from current`).
+steps at batch 1, η = 1, trajectories sampled by the model being trained (`sample_from current`),
+ESD-u as its `noxattn` (norm layers trained; time embedding and output layers not). The authors'
+current diffusers code (esd_sd.py) trains Linear/Conv2d layers only and includes the time
+embedding and conv_out in ESD-u: `train_method u-current`. The timestep convention (a stop index
+of the 50-step schedule, t the timestep the latent is at) is the current code's.
 `sample_from base` samples with the frozen base model instead (as the authors' diffusers
 rewrite does); its trajectories do not change during training, so `num_images` of them are
 sampled once, cached, and every step draws a point from them: a step then costs one forward
@@ -34,6 +38,7 @@ CITATION = """@inproceedings{gandikota2023erasing,
 }"""
 TRAIN_METHODS = {
     "u": "every layer but cross-attention, the time embedding and the output layers (global concepts such as nudity)",
+    "u-current": "every Linear and Conv2d layer but cross-attention, the time embedding and conv_out included, no norms",
     "x": "cross-attention (attn2) only (styles, named people)",
     "x-strict": "the cross-attention key and value projections (attn2 to_k, to_v) only",
     "all": "every UNet parameter",
@@ -54,6 +59,18 @@ def trains(name: str, train_method: str) -> bool:
     raise EraseError(f"unknown ESD train method {train_method!r}: choose one of {', '.join(TRAIN_METHODS)}")
 
 
+def trained_parameters(unet, train_method: str) -> list[str]:
+    """The UNet parameters ESD-`train_method` fine-tunes. `u-current` is decided by layer type (the
+    authors' diffusers code trains Linear and Conv2d layers only), the others by name."""
+    if train_method != "u-current":
+        return [n for n, _ in unet.named_parameters() if trains(n, train_method)]
+    import torch
+
+    return [f"{module_name}.{name}" for module_name, module in unet.named_modules()
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and "attn2" not in module_name
+            for name, _ in module.named_parameters(recurse=False)]
+
+
 @dataclass
 class EsdConfig(TrajectoryConfig):
     """ESD's settings; each field's help says where its default comes from."""
@@ -67,10 +84,11 @@ class EsdConfig(TrajectoryConfig):
                                     "this prompt (e.g. --concept red --erase-from 'a car')")
     negative_guidance: float | None = option(None, official=1.0, group="ESD",
                                              help="eta, how far the concept is pushed away")
-    train_method: Literal["u", "x", "x-strict", "all"] | None = option(
+    train_method: Literal["u", "u-current", "x", "x-strict", "all"] | None = option(
         None, official="u", group="ESD",
-        help="ESD-u: all but cross-attention (nudity, objects), x: cross-attention (styles, people), "
-             "x-strict: attn2 to_k/to_v, all")
+        help="ESD-u: all but cross-attention, time embedding and output layers, norms included (paper code; nudity, "
+             "objects); u-current: the same as the authors' current diffusers code has it (Linear/Conv2d layers only, "
+             "time embedding and conv_out included); x: cross-attention (styles, people); x-strict: attn2 to_k/to_v; all")
     sample_from: Literal["current", "base"] | None = option(
         None, official="current", group="ESD",
         help="model whose DDIM trajectories give the training latents: current (paper code: resampled each step) "
@@ -92,7 +110,7 @@ class EsdConfig(TrajectoryConfig):
         return {"forget_prompts": [self.concept.strip()]}
 
     def narrower(self):
-        return replace(self, train_method="x") if self.train_method in ("u", "all") else None
+        return replace(self, train_method="x") if self.train_method in ("u", "u-current", "all") else None
 
     def check_with_pipeline(self, pipeline) -> None:
         from .diffusion import check_prompt_lengths
@@ -131,7 +149,7 @@ def erase_pipeline(pipeline, config: EsdConfig, session) -> tuple[dict, dict]:
     pipeline.text_encoder.to("cpu")  # frozen and no longer needed: keep accelerator memory for training
     pipeline.vae.to("cpu")
 
-    trainable = [n for n, _ in unet.named_parameters() if trains(n, config.train_method)]
+    trainable = trained_parameters(unet, config.train_method)
     base_values = frozen_copy(unet, trainable)  # θ*: the trained tensors' base values; the rest is shared
     for name, param in unet.named_parameters():
         param.requires_grad_(name in trainable)

@@ -1,7 +1,9 @@
 """SalUn: saliency-masked unlearning for Stable Diffusion (Fan et al., ICLR 2024).
 
 1. Saliency: sum ∇θ of the forget loss MSE(ε, (1+w)·ε_θ(z_t,t,c_f) − w·ε_θ(z_t,t,∅)) over the forget
-   set, keep the top `mask_ratio` of |G| (global ranking) inside the parameter `scope`.
+   set, keep the top `mask_ratio` of |G| ranked globally over the whole UNet, and of those the
+   entries inside the parameter `scope` train (the official code's rule; `mask_ranking scope`
+   ranks within the scope instead, so that exactly `mask_ratio` of it trains).
 2. Unlearning: L = MSE(ε_θ(z_t,t,c_f), stopgrad ε_θ(z_t,t,c')) + α·MSE on the retain set, with
    Adam without weight decay over the salient entries only (MaskedAdam): every non-salient
    weight stays bit-identical and holds no optimizer state.
@@ -70,6 +72,10 @@ class SalUnConfig(TrainingConfig):
     scope: Literal["full", "xattn", "noxattn"] | None = option(
         None, official="full", group=SALIENCY,
         help="weights eligible for the mask: full UNet, xattn (cross-attention), noxattn")
+    mask_ranking: Literal["unet", "scope"] | None = option(
+        None, official="unet", group=SALIENCY,
+        help="where the top mask_ratio is ranked: over the whole UNet, then the scope's entries of that top share "
+             "train (official code), or within the scope, so exactly mask_ratio of the scope trains")
     saliency_guidance_scale: float = option(7.5, group=SALIENCY, help="w of the guided forget loss that ranks weights")
     saliency_batch_size: int = option(8, group=SALIENCY, help="forget samples per gradient batch; the mask depends "
                                                               "on it, not on the number of processes")
@@ -106,7 +112,8 @@ class SalUnConfig(TrainingConfig):
     def narrower(self):
         # Both measured on the shapes model (its profile's notes): the whole UNet broke colour binding,
         # the current model's target dragged the misaligned prompts along.
-        gentler = replace(self, scope="xattn" if self.scope == "full" else self.scope, misaligned_target="base")
+        gentler = replace(self, scope="xattn" if self.scope == "full" else self.scope, misaligned_target="base",
+                          mask_ranking="scope")
         return None if gentler == self else gentler
 
     def check_inputs(self) -> None:
@@ -145,7 +152,7 @@ def compute_saliency(pipeline, forget: "LatentSet", config: SalUnConfig, acceler
     from .saliency import full_mask, in_scope
 
     unet, device = pipeline.unet, accelerator.device
-    scoped = {n: p for n, p in unet.named_parameters() if in_scope(n, config.scope)}
+    scoped = {n: p for n, p in unet.named_parameters() if config.mask_ranking == "unet" or in_scope(n, config.scope)}
     for name, param in unet.named_parameters():
         param.requires_grad_(name in scoped)
         param.grad = None
@@ -187,7 +194,7 @@ def compute_saliency(pipeline, forget: "LatentSet", config: SalUnConfig, acceler
     if accelerator.num_processes > 1:
         sums = {n: accelerator.reduce(s, "sum") for n, s in sums.items()}
     scores = {n: sums.pop(n).abs_().float() for n in list(scoped)}  # one float64 sum alive at a time
-    scope_masks = config.saliency_mask(scores)
+    scope_masks = {n: m for n, m in config.saliency_mask(scores).items() if in_scope(n, config.scope)}
     return full_mask([(n, p.shape) for n, p in unet.named_parameters()], scope_masks)
 
 
@@ -334,12 +341,12 @@ def erase_pipeline(pipeline, config: SalUnConfig, session) -> tuple[dict, dict]:
         "resumed_from_step": resumed_from,
         "final_losses": logs,
         "optimizer_state": optimizer_state,
-        "mask": {"ratio": config.mask_ratio, "scope": config.scope, "density": density, "mean_weight": mean_weight,
+        "mask": {"ratio": config.mask_ratio, "scope": config.scope, "ranking": config.mask_ranking, "density": density, "mean_weight": mean_weight,
                  "layer_density": per_layer},
         "summary": [
             ["forget / retain set", data],
             ["saliency mask", f"{_mask_kind(mask)} over `{config.scope}` parameters, top {config.mask_ratio} of the "
-                              f"gradient magnitudes; {density:.1%} of all UNet weights may change (`saliency_mask.safetensors`)"],
+                              f"gradient magnitudes ranked over the {'whole UNet' if config.mask_ranking == 'unet' else 'scope'}; {density:.1%} of all UNet weights may change (`saliency_mask.safetensors`)"],
             ["unlearning", f"{config.steps} Adam steps, batch {config.batch_size}, learning rate {config.learning_rate}, "
                            f"retain loss weight {config.retain_loss_weight}, target from the {config.misaligned_target} "
                            f"model, mixed precision {config.mixed_precision}, seed {config.seed}"],

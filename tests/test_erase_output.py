@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import FAST, erase_cli, unet_weights
@@ -88,15 +89,20 @@ def test_erasure_json_records_the_run(tiny_sd, erased):
     assert record["self_check"]["margin_remaining"] is None and record["self_check"]["concept_margin"]["base"] is not None
 
 
-def test_xattn_scope_changes_cross_attention_only(tiny_sd, tmp_path):
+@pytest.mark.parametrize("ranking", ["scope", "unet"])
+def test_xattn_scope_changes_cross_attention_only(tiny_sd, tmp_path, ranking):
     out = tmp_path / "xattn"
     assert erase_cli("--model", tiny_sd, "--concept", "a cat", "--output", out, "--scope", "xattn",
-                     "--mask-ratio", "0.25", *FAST) == 0
+                     "--mask-ratio", "0.25", "--mask-ranking", ranking, *FAST) == 0
     base, new, mask = unet_weights(tiny_sd), unet_weights(out), load_mask(out / "saliency_mask.safetensors")
     in_scope = [n for n in mask if "attn2" in n]
     assert all(not mask[n].any() and torch.equal(base[n], new[n]) for n in mask if "attn2" not in n)
-    scope_total = sum(mask[n].numel() for n in in_scope)
-    assert sum(int(mask[n].sum()) for n in in_scope) == round(0.25 * scope_total)
+    scope_total, unet_total = sum(mask[n].numel() for n in in_scope), sum(m.numel() for m in mask.values())
+    kept = sum(int(mask[n].sum()) for n in in_scope)
+    if ranking == "scope":  # exactly the top quarter of the cross-attention weights
+        assert kept == round(0.25 * scope_total)
+    else:  # the official rule: the cross-attention share of the UNet's top quarter
+        assert 0 < kept < round(0.25 * unet_total) and kept != round(0.25 * scope_total)
     assert any(not torch.equal(base[n], new[n]) for n in in_scope)
 
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import erase_cli, unet_weights
-from sd_erasure.erasure.esd import trains
+from sd_erasure.erasure.esd import trained_parameters
 from sd_erasure.erasure.uce import edited
 from sd_erasure.erasure.self_check import EXIT_NOT_ERASED
 
@@ -86,19 +86,25 @@ def test_uce_to_end_follows_the_paper_era_code_preserving_the_empty_prompt_at_ev
     assert drift["to-end"] < 0.1 < drift["last-word"]  # measured 0.05 vs 0.68: the unconditional branch stays
 
 
-@pytest.mark.parametrize("train_method", ["x", "u"])
+@pytest.mark.parametrize("train_method", ["x", "u", "u-current"])
 def test_esd_trains_exactly_its_parameter_set(tiny_sd, tmp_path, train_method):
+    from diffusers import UNet2DConditionModel
+
     out = tmp_path / f"esd-{train_method}"
     assert erase_cli("--model", tiny_sd, "--concept", "a cat", "--output", out, "--method", "esd",
                      "--train-method", train_method, "--learning-rate", "1e-3", *ESD_FAST) == 0
     record = assert_stock_output(out)
     changed = changed_tensors(tiny_sd, out)
-    allowed = {k for k in unet_weights(tiny_sd) if trains(k, train_method)}
+    allowed = set(trained_parameters(UNet2DConditionModel.from_pretrained(tiny_sd / "unet"), train_method))
     assert changed and changed <= allowed
+    outer = ("time_embedding", "conv_out")
     if train_method == "x":
         assert all("attn2" in k for k in changed)
-    else:
-        assert not any("attn2" in k or k.startswith(("time_embedding", "conv_out", "conv_norm_out")) for k in changed)
+    elif train_method == "u":  # the paper code: norms train, the time embedding and output layers do not
+        assert not any("attn2" in k or k.startswith((*outer, "conv_norm_out")) for k in changed)
+        assert any(".norm1." in k for k in changed)
+    else:  # the authors' current code: Linear/Conv2d only, the time embedding and conv_out among them
+        assert not any("attn2" in k or "norm" in k for k in changed) and {k.split(".")[0] for k in changed} >= set(outer)
     assert record["trained_parameters"]["train_method"] == train_method and record["steps"] == 3
     assert not changed_tensors(tiny_sd, out, "text_encoder", "model.safetensors")
 

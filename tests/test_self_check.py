@@ -29,7 +29,7 @@ def test_next_round_follows_the_evidence():
     moved = next_round(unmoved, verdict(0.7), tried)
     assert moved.learning_rate == pytest.approx(3e-4)  # it moves: smaller steps
     narrower = next_round(moved, verdict(0.1, kept=False), tried)
-    assert (narrower.scope, narrower.learning_rate) == ("xattn", moved.learning_rate)  # erased, retain drifted
+    assert (narrower.scope, narrower.mask_ranking, narrower.learning_rate) == ("xattn", "scope", moved.learning_rate)
     assert next_round(narrower, verdict(0.2), tried) is None  # passed
 
     official = SalUnConfig(model="m", concept="c", learning_rate=1e-5, scope="full", misaligned_target="current")
