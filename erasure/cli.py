@@ -223,20 +223,18 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-ATTACK_DEFAULTS = {  # tokens (official), optimisation steps, check every, images per prompt, sampler steps
-    "shapes": (3, 500, 25, 4, 25),
-    "nudity": (5, 2000, 200, 1, 50),
-    "classwise": (3, 2000, 200, 1, 50),
+ATTACK_DEFAULTS = {  # tokens: official k; steps: official 2000 (shapes: enough on 2 CPU cores)
+    suite: dict(zip(("tokens", "steps", "check_every", "images_per_prompt", "num_inference_steps"), values))
+    for suite, values in (("shapes", (3, 500, 25, 4, 25)), ("nudity", (5, 2000, 200, 1, 50)),
+                          ("classwise", (3, 2000, 200, 1, 50)))
 }
 
 
 def cmd_attack(args) -> int:
     from .folders import OutputFolder
 
-    tokens, steps, check_every, images, sampler_steps = ATTACK_DEFAULTS[args.suite]
-    defaults = {"tokens": tokens, "steps": steps, "check_every": check_every, "images_per_prompt": images,
-                "num_inference_steps": sampler_steps}
-    values = {name: default if getattr(args, name) is None else getattr(args, name) for name, default in defaults.items()}
+    values = {name: default if getattr(args, name) is None else getattr(args, name)
+              for name, default in ATTACK_DEFAULTS[args.suite].items()}
     for name, value in [*values.items(), ("limit", args.limit)]:
         if value is not None and value < 1:
             raise EraseError(f"--{name.replace('_', '-')} must be at least 1")
@@ -399,19 +397,19 @@ def build_parser() -> Parser:
                                "suite, else the one in the model's erasure.json)")
     search = attack_parser.add_argument_group(f"the attack (defaults per suite: {' / '.join(ATTACK_DEFAULTS)})")
 
-    def per_suite(column: int) -> str:
-        return " / ".join(str(row[column]) for row in ATTACK_DEFAULTS.values())
+    def per_suite(name: str) -> str:
+        return " / ".join(str(defaults[name]) for defaults in ATTACK_DEFAULTS.values())
 
-    search.add_argument("--tokens", type=int, help=f"adversarial prefix tokens, k (default: {per_suite(0)}, official)")
-    search.add_argument("--steps", type=int, help=f"optimisation steps per prompt (default: {per_suite(1)}; official 2000)")
+    search.add_argument("--tokens", type=int, help=f"adversarial prefix tokens, k (default: {per_suite('tokens')}, official)")
+    search.add_argument("--steps", type=int, help=f"optimisation steps per prompt (default: {per_suite('steps')}; official 2000)")
     search.add_argument("--check-every", type=int, help="generate from the projected text every this many steps; stop at "
-                        f"the first success (default: {per_suite(2)})")
+                        f"the first success (default: {per_suite('check_every')})")
     search.add_argument("--seed", type=int, default=0, help="seed of the attack, and of images whose prompt row has no "
                         "evaluation_seed (default: 0)")
     search.add_argument("--no-calibration", action="store_true", help="skip the same attack on the base model from prompts "
                         "without the concept (shapes: the neighbouring prompt; nudity, classwise: a COCO caption)")
     gen = attack_parser.add_argument_group("images and success")
-    gen.add_argument("--images-per-prompt", type=int, help=f"success when any shows the concept (default: {per_suite(3)})")
+    gen.add_argument("--images-per-prompt", type=int, help=f"success when any shows the concept (default: {per_suite('images_per_prompt')})")
     gen.add_argument("--num-inference-steps", type=int, help="sampler steps of nudity and classwise images (default: 50)")
     gen.add_argument("--guidance-scale", type=float, help="nudity, classwise: fixed guidance (default: each prompt row's "
                      "evaluation_guidance, 7.5 where it has none)")

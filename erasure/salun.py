@@ -152,13 +152,14 @@ def compute_saliency(pipeline, forget: "LatentSet", config: SalUnConfig, acceler
     from .saliency import full_mask, in_scope
 
     unet, device = pipeline.unet, accelerator.device
-    scoped = {n: p for n, p in unet.named_parameters() if config.mask_ranking == "unet" or in_scope(n, config.scope)}
+    # the weights the saliency is ranked over: the whole UNet (official) or the scope alone
+    ranked = {n: p for n, p in unet.named_parameters() if config.mask_ranking == "unet" or in_scope(n, config.scope)}
     for name, param in unet.named_parameters():
-        param.requires_grad_(name in scoped)
+        param.requires_grad_(name in ranked)
         param.grad = None
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    sums = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in scoped.items()}
+    sums = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in ranked.items()}
 
     def add_to_sum(name):
         def hook(param):  # move each gradient into its sum as soon as it is complete: no float32 copy stays
@@ -166,7 +167,7 @@ def compute_saliency(pipeline, forget: "LatentSet", config: SalUnConfig, acceler
             param.grad = None
         return hook
 
-    hooks = [p.register_post_accumulate_grad_hook(add_to_sum(n)) for n, p in scoped.items()]
+    hooks = [p.register_post_accumulate_grad_hook(add_to_sum(n)) for n, p in ranked.items()]
     noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     embeddings = encode_prompts(pipeline, forget.prompts + [""], device)
     w = config.saliency_guidance_scale
@@ -193,7 +194,7 @@ def compute_saliency(pipeline, forget: "LatentSet", config: SalUnConfig, acceler
         hook.remove()
     if accelerator.num_processes > 1:
         sums = {n: accelerator.reduce(s, "sum") for n, s in sums.items()}
-    scores = {n: sums.pop(n).abs_().float() for n in list(scoped)}  # one float64 sum alive at a time
+    scores = {n: sums.pop(n).abs_().float() for n in list(ranked)}  # one float64 sum alive at a time
     scope_masks = {n: m for n, m in config.saliency_mask(scores).items() if in_scope(n, config.scope)}
     return full_mask([(n, p.shape) for n, p in unet.named_parameters()], scope_masks)
 

@@ -25,7 +25,6 @@ import os
 import time
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
@@ -37,7 +36,7 @@ from ..erasure.errors import EraseError
 from ..erasure.folders import OutputFolder, differing_keys, resolve_model
 from ..erasure.model_io import load_pipeline
 from .generate import process_state
-from .report import attack_report
+from .report import attack_report, uint8_images
 
 
 @dataclass
@@ -167,11 +166,6 @@ class AttackSuite:
                 "num_inference_steps": self.num_inference_steps, "targets": [t.__dict__ for t in self.targets]}
 
 
-def uint8_images(images: torch.Tensor) -> np.ndarray:
-    """(N, 3, H, W) in [0, 1] -> (N, H, W, 3) uint8, as classifiers and detectors read images."""
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 class ShapesAttack(AttackSuite):
     """Every world prompt naming the concept, judged by the bundled judge. Calibration starts from the
     prompt with the concept's next of kind ("a red square" for "a red circle")."""
@@ -289,14 +283,12 @@ class ClassifierAttack(AttackSuite):
         self.num_inference_steps = num_inference_steps
         self.images_per_prompt = images_per_prompt
         self.judge_text = f"classifier {classifier}: top-1 is class {self.class_index} ({label})"
-        self.classifier = None
         super().__init__(sd_targets(rows, guidance_scale, seed, self.banned, calibrate))
 
     def concept_hits(self, images):
         from .classifier import load_classifier
 
-        self.classifier = self.classifier or load_classifier(self.classifier_path)
-        return [int(i) == self.class_index for i in self.classifier(uint8_images(images))]
+        return [int(i) == self.class_index for i in load_classifier(self.classifier_path)(uint8_images(images))]
 
     def settings(self):
         return {**super().settings(), "classifier": self.classifier_path, "class_index": self.class_index}
@@ -398,8 +390,9 @@ def run_attack(suite: AttackSuite, model: str, output_dir: str, base: str, setti
 
 def report_thumbnails(images: torch.Tensor, size: int, pixelate: bool) -> torch.Tensor:
     """Small copies for the report; pixelated (12 px blocks) where the images may show nudity."""
-    small = F.interpolate(images, size=(size, size), mode="area")
-    return F.interpolate(F.interpolate(images, size=(12, 12), mode="area"), size=(size, size)) if pixelate else small
+    if pixelate:  # average into 12 x 12 blocks, then blow them up (nearest)
+        return F.interpolate(F.interpolate(images, size=(12, 12), mode="area"), size=(size, size))
+    return F.interpolate(images, size=(size, size), mode="area")
 
 
 def attack_metrics(records: list[dict], run: dict) -> dict:

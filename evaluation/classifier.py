@@ -5,6 +5,7 @@ and the class-wise attack both judge with it. Nothing here imports torch until a
 
 import json
 import os
+from functools import cache
 
 from ..erasure.errors import EraseError
 
@@ -33,8 +34,10 @@ def classifier_class_index(classifier_path: str, concept: str, class_index: int 
     return found[0], labels[found[0]]
 
 
+@cache
 def load_classifier(classifier_path: str, batch_size: int = 64):
-    """A local image classifier (a transformers folder) as a function: uint8 (N, H, W, 3) images -> top-1 indices."""
+    """A local image classifier (a transformers folder) as a function: uint8 (N, H, W, 3) images -> top-1 indices.
+    Loaded once per process: class-wise evaluation asks per class, the attack at every check."""
     import torch
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 

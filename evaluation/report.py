@@ -11,12 +11,17 @@ from PIL import Image, ImageDraw
 SCALE = 2  # 32 px images are shown at 64 px
 
 
+def uint8_images(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [0, 1] -> (N, H, W, 3) uint8, as PIL, classifiers and detectors read images."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
 def image_grid(images: torch.Tensor, prompts: list[str], per_prompt: int, label_width: int = 120) -> Image.Image:
     """Rows = prompts (in the given order), columns = the prompt's images, the prompt written on the left."""
     size = images.shape[-1] * SCALE
     grid = Image.new("RGB", (label_width + per_prompt * size, len(prompts) * size), "white")
     draw = ImageDraw.Draw(grid)
-    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    pixels = uint8_images(images)
     for row, prompt in enumerate(prompts):
         draw.text((4, row * size + size // 2 - 6), prompt, fill="black")
         for col in range(per_prompt):
