@@ -165,7 +165,7 @@ def erase_pipeline(pipeline, config: AdvUnlearnConfig, session) -> tuple[dict, d
 
     from .data import base_trajectories
     from .diffusion import PrefixEmbeddings, encode_prompts, per_sample_mse, prefixed_token_ids, seeded_generator
-    from .training import fit
+    from .training import fit, freeze, train_only
 
     accelerator, timer = session.accelerator, session.timer
     device = accelerator.device
@@ -190,13 +190,8 @@ def erase_pipeline(pipeline, config: AdvUnlearnConfig, session) -> tuple[dict, d
     pipeline.vae.to("cpu")
 
     trainable = [n for n, _ in text_encoder.named_parameters() if trains(n, config.train_layers)]
-    for p in unet.parameters():
-        p.requires_grad_(False)
-    for name, param in text_encoder.named_parameters():
-        param.requires_grad_(name in trainable)
-    unet.eval()
-    text_encoder.train()
-    parameters = dict(text_encoder.named_parameters())
+    freeze(unet)
+    parameters = train_only(text_encoder, trainable)
     optimizer = torch.optim.Adam([parameters[n] for n in trainable], lr=config.learning_rate)
     model, optimizer = accelerator.prepare(text_encoder, optimizer)
     last_attack = _LastAttack()
@@ -285,9 +280,7 @@ def erase_pipeline(pipeline, config: AdvUnlearnConfig, session) -> tuple[dict, d
         logs, resumed_from = fit(
             accelerator, model, optimizer, compute_loss, config, checkpoint_dir=session.work_dir,
             step_callback=session.step_callback, show_progress=session.show_progress, description="AdvUnlearn")
-    text_encoder.eval()
-    for param in text_encoder.parameters():
-        param.requires_grad_(False)
+    freeze(text_encoder)
     pipeline.to(device)
     share = sum(parameters[n].numel() for n in trainable) / sum(p.numel() for p in parameters.values())
     record = {

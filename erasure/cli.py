@@ -102,6 +102,8 @@ def add_erase_arguments(p: argparse.ArgumentParser) -> None:
         title = f.metadata.get("group", "options")
         group = groups.get(title) or groups.setdefault(title, p.add_argument_group(title))
         kind, choices, repeatable = field_type(config_class, name)
+        if choices:  # methods may offer different choices for one field; each config checks its own
+            choices = tuple(dict.fromkeys(c for m in owners for c in field_type(get_method(m).config, name)[1]))
         kwargs = dict(dest=name, help=_help(name, owners, len(registered)))
         if kind is bool:
             kwargs["action"] = "store_true"

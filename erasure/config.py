@@ -145,6 +145,25 @@ class TrainingConfig(EraseConfig):
 
 
 @dataclass
+class SynthesisConfig(TrainingConfig):
+    """Fields of the methods that train on images the base model generates for their prompts (SalUn, CA)."""
+
+    synthesis_steps: int | None = option(None, official=50, group="forget and retain data",
+                                         help="sampler steps when synthesizing")
+    synthesis_scheduler: Sampler | None = option(None, group="forget and retain data",
+                                                 help="sampler for synthesis (default: the pipeline's own); dpm "
+                                                      "reaches the same quality in fewer steps")
+    synthesis_guidance_scale: float = option(7.5, group="forget and retain data", help="guidance scale when synthesizing")
+    synthesis_batch_size: int | None = option(None, official=8, group="forget and retain data",
+                                              help="images per synthesis batch")
+    resolution: int | None = option(None, group="forget and retain data", help="image size of the data (default: the model's)")
+
+    def check(self) -> None:
+        super().check()
+        self.require_positive("synthesis_steps", "synthesis_batch_size", "resolution")
+
+
+@dataclass
 class TrajectoryConfig(TrainingConfig):
     """Fields of the methods that train on points of guided DDIM trajectories of their prompts (ESD, AdvUnlearn)."""
 

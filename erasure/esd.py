@@ -125,7 +125,7 @@ def erase_pipeline(pipeline, config: EsdConfig, session) -> tuple[dict, dict]:
 
     from .data import base_trajectories, ddim_trajectory
     from .diffusion import encode_prompts, per_sample_mse, seeded_generator, stack_embeddings
-    from .training import fit, frozen_copy
+    from .training import fit, freeze, frozen_copy, train_only
 
     accelerator, timer = session.accelerator, session.timer
     device = accelerator.device
@@ -151,12 +151,7 @@ def erase_pipeline(pipeline, config: EsdConfig, session) -> tuple[dict, dict]:
 
     trainable = trained_parameters(unet, config.train_method)
     base_values = frozen_copy(unet, trainable)  # θ*: the trained tensors' base values; the rest is shared
-    for name, param in unet.named_parameters():
-        param.requires_grad_(name in trainable)
-    if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    unet.train()
-    parameters = dict(unet.named_parameters())
+    parameters = train_only(unet, trainable, config.gradient_checkpointing)
     # torch's fused kernel: fewer launches (reference H100 SD-1.5 step: fused 0.134 s vs foreach 0.154 s)
     optimizer = torch.optim.Adam([parameters[n] for n in trainable], lr=config.learning_rate,
                                  fused=accelerator.device.type in ("cuda", "cpu"))
@@ -208,9 +203,7 @@ def erase_pipeline(pipeline, config: EsdConfig, session) -> tuple[dict, dict]:
         logs, resumed_from = fit(
             accelerator, model, optimizer, compute_loss, config, checkpoint_dir=session.work_dir,
             step_callback=session.step_callback, show_progress=session.show_progress, description="ESD")
-    unet.eval()
-    for param in unet.parameters():
-        param.requires_grad_(False)
+    freeze(unet)
     pipeline.to(device)
     share = sum(parameters[n].numel() for n in trainable) / sum(p.numel() for p in parameters.values())
     sampling = (f"{config.num_images} trajectories of the frozen base model, sampled once" if pool is not None

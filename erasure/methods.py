@@ -4,7 +4,7 @@ Adding a method means adding its file beside salun.py (its config dataclass, its
 `erase_pipeline`, a docstring saying where every default comes from) and one line here.
 """
 
-from . import advunlearn, esd, salun, uce
+from . import advunlearn, concept_ablation, esd, salun, uce
 from .registry import register
 from .salun_soft import SalUnSoftConfig
 
@@ -20,3 +20,5 @@ register("uce", uce.UceConfig, "sd_erasure.erasure.uce:erase_pipeline",
          title="UCE (unified concept editing, closed form)", citation=uce.CITATION)
 register("advunlearn", advunlearn.AdvUnlearnConfig, "sd_erasure.erasure.advunlearn:erase_pipeline",
          title="AdvUnlearn (adversarial training of the text encoder)", citation=advunlearn.CITATION)
+register("ca", concept_ablation.ConceptAblationConfig, "sd_erasure.erasure.concept_ablation:erase_pipeline",
+         title="CA (concept ablation onto an anchor concept)", citation=concept_ablation.CITATION)

@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Literal
 
-from .config import Sampler, TrainingConfig, option
+from .config import SynthesisConfig, option
 from .errors import EraseError
 from .prompts import preset_prompts
 
@@ -40,7 +40,7 @@ DATA, SALIENCY = "forget and retain data", "saliency"
 
 
 @dataclass
-class SalUnConfig(TrainingConfig):
+class SalUnConfig(SynthesisConfig):
     """SalUn's settings; each field's help says where its default comes from."""
 
     # data
@@ -61,12 +61,6 @@ class SalUnConfig(TrainingConfig):
     retain_images: str | None = option(None, group=DATA, metavar="DIR",
                                        help="use these images as the retain set instead of synthesizing")
     num_images: int = option(800, group=DATA, help="images synthesized for each of the forget and retain sets")
-    synthesis_steps: int | None = option(None, official=50, group=DATA, help="sampler steps when synthesizing")
-    synthesis_scheduler: Sampler | None = option(None, group=DATA, help="sampler for synthesis (default: the "
-                                                 "pipeline's own); dpm reaches the same quality in fewer steps")
-    synthesis_guidance_scale: float = option(7.5, group=DATA, help="guidance scale when synthesizing")
-    synthesis_batch_size: int | None = option(None, official=8, group=DATA, help="images per synthesis batch")
-    resolution: int | None = option(None, group=DATA, help="image size of the data (default: the model's)")
     # saliency
     mask_ratio: float = option(0.5, group=SALIENCY, help="share of the scope's weights to update, in (0, 1]")
     scope: Literal["full", "xattn", "noxattn"] | None = option(
@@ -95,8 +89,7 @@ class SalUnConfig(TrainingConfig):
         for name in ("forget_prompts", "retain_prompts", "misaligned_prompts"):
             if not all(p.strip() for p in getattr(self, name)):
                 raise EraseError(f"`{name}` has an empty prompt: give the prompt text, or leave it out for the default")
-        self.require_positive("num_images", "synthesis_steps", "synthesis_batch_size", "resolution",
-                              "saliency_batch_size")
+        self.require_positive("num_images", "saliency_batch_size")
 
     def with_defaults(self, profile: dict):
         if self.retain_prompts and not self.misaligned_prompts:  # steer forget images to what your retain set shows
@@ -214,7 +207,7 @@ def unlearn(pipeline, forget: "LatentSet", retain: "LatentSet", saliency_mask, c
 
     from .diffusion import encode_prompts, epoch_indices, noise_batch, per_sample_mse, prediction_target, stack_embeddings
     from .masked_adam import MaskedAdam
-    from .training import fit, frozen_copy
+    from .training import fit, freeze, frozen_copy, train_only
 
     unet, device = pipeline.unet, accelerator.device
     alpha = config.retain_loss_weight
@@ -228,12 +221,7 @@ def unlearn(pipeline, forget: "LatentSet", retain: "LatentSet", saliency_mask, c
     trainable = [n for n, _ in unet.named_parameters() if saliency_mask[n].any()]
     # A frozen target needs the base values of the trained tensors only (taken before a resume loads a checkpoint).
     base_values = frozen_copy(unet, trainable) if config.misaligned_target == "base" else None
-    for name, param in unet.named_parameters():
-        param.requires_grad_(name in trainable)
-    if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    unet.train()
-    parameters = dict(unet.named_parameters())
+    parameters = train_only(unet, trainable, config.gradient_checkpointing)
     masked_adam = MaskedAdam([(parameters[n], saliency_mask[n]) for n in trainable], lr=config.learning_rate)
     model, optimizer = accelerator.prepare(unet, masked_adam)
 
@@ -276,9 +264,7 @@ def unlearn(pipeline, forget: "LatentSet", retain: "LatentSet", saliency_mask, c
     logs, resumed_from = fit(
         accelerator, model, optimizer, compute_loss, config, checkpoint_dir=checkpoint_dir,
         step_callback=step_callback, show_progress=show_progress, description="unlearning")
-    unet.eval()
-    for param in unet.parameters():
-        param.requires_grad_(False)
+    freeze(unet)
     state = {"bytes": masked_adam.state_bytes(),
              "dense_adam_bytes": sum(8 * parameters[n].numel() + 4 for n in trainable)}
     return logs, resumed_from, state

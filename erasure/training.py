@@ -122,13 +122,33 @@ def frozen_copy(module: torch.nn.Module, names) -> dict[str, torch.Tensor]:
     return {name: parameters[name].detach().clone() for name in names}
 
 
+def train_only(module: torch.nn.Module, names, gradient_checkpointing: bool = False) -> dict[str, torch.nn.Parameter]:
+    """Put `module` in training mode with gradients for the named parameters alone; its parameters by name."""
+    names = set(names)
+    for name, param in module.named_parameters():
+        param.requires_grad_(name in names)
+    if gradient_checkpointing:
+        module.enable_gradient_checkpointing()
+    module.train()
+    return dict(module.named_parameters())
+
+
+def freeze(module: torch.nn.Module) -> None:
+    """Back to inference: eval mode, no gradients anywhere."""
+    module.eval()
+    for param in module.parameters():
+        param.requires_grad_(False)
+
+
 def fit(accelerator: Accelerator, model, optimizer, compute_loss, config, *, checkpoint_dir: str | None = None,
-        step_callback=None, show_progress: bool = True, description: str = "training") -> tuple[dict, int]:
+        step_callback=None, show_progress: bool = True, description: str = "training",
+        max_grad_norm: float | None = None) -> tuple[dict, int]:
     """The optimisation loop every trained method shares; returns the last step's logs and the step it resumed from.
 
     `config` (a TrainingConfig) gives the steps, gradient accumulation, checkpointing and resume.
     `compute_loss(step, micro)` returns (loss, logs) for one micro-batch; its randomness must depend
-    only on (step, micro) so that a resumed run repeats the uninterrupted one.
+    only on (step, micro) so that a resumed run repeats the uninterrupted one. `max_grad_norm`
+    clips the trained parameters' gradient norm before each optimizer step.
     """
     steps, gradient_accumulation_steps = config.steps, config.gradient_accumulation_steps
     resume_from_checkpoint, checkpointing_steps = config.resume_from_checkpoint, config.checkpointing_steps
@@ -158,6 +178,8 @@ def fit(accelerator: Accelerator, model, optimizer, compute_loss, config, *, che
                     raise TrainingDiverged(f"loss became {loss.item()} at step {step + 1}: lower --learning-rate "
                                            f"or use --mixed-precision no{where}")
                 accelerator.backward(loss)
+                if max_grad_norm is not None and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
         progress.set_postfix(loss=f"{logs['loss']:.4f}")

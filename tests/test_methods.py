@@ -1,4 +1,4 @@
-"""ESD, UCE and SalUn-soft behind the one interface: outputs, which weights change, the UCE edit, bad input,
+"""ESD, UCE, SalUn-soft and CA behind the one interface: outputs, which weights change, the UCE edit, bad input,
 and each method erasing 'circle' on the shapes world."""
 
 import json
@@ -158,13 +158,13 @@ def test_bad_method_options_get_one_line_and_no_output(tiny_sd, tmp_path, capsys
     assert not out.exists() and not (tmp_path / "out.incomplete").exists()
 
 
-@pytest.mark.parametrize("method, ua_gain", [("uce", 0.9), ("esd", 0.3), ("salun-soft", 0.3)])
+@pytest.mark.parametrize("method, ua_gain", [("uce", 0.9), ("esd", 0.3), ("salun-soft", 0.3), ("ca", 0.5)])
 def test_each_method_erases_circle_on_the_shapes_world(tmp_path, method, ua_gain):
     """The shapes model's recommended settings per method (short runs; the full table is benchmarks/compare_methods)."""
     from sd_erasure.evaluation.metrics import Protocol
     from sd_erasure.evaluation.suite import evaluate_shapes
 
-    shorter = {"uce": [], "esd": [],
+    shorter = {"uce": [], "esd": [], "ca": ["--num-images", "128"],
                "salun-soft": ["--num-images", "128"]}[method]
     out = tmp_path / method
     code = erase_cli("--model", "shapes", "--concept", "circle", "--output", out, "--method", method, *shorter)
