@@ -37,19 +37,10 @@ CITATION = """@inproceedings{kumari2023ablating,
   booktitle = {Proceedings of the IEEE/CVF International Conference on Computer Vision},
   year      = {2023}
 }"""
-TRAIN_METHODS = {"xattn-kv": "the cross-attention key and value projections (attn2 to_k, to_v)",
-                 "full": "every UNet parameter"}
+# CA's parameter groups are ESD's x-strict and all: erasure/esd.py decides and describes them
+ESD_GROUP = {"xattn-kv": "x-strict", "full": "all"}
 OFFICIAL_LEARNING_RATE = 2e-6 * 8  # the official --scale_lr rule: 2e-6 per sample of its global batch of 8
 DATA = "forget and retain data"
-
-
-def trains(name: str, train_method: str) -> bool:
-    """Whether CA-`train_method` fine-tunes the UNet parameter `name` (diffusers names)."""
-    if train_method == "full":
-        return True
-    if train_method == "xattn-kv":
-        return "attn2.to_k" in name or "attn2.to_v" in name
-    raise EraseError(f"unknown CA train method {train_method!r}: choose one of {', '.join(TRAIN_METHODS)}")
 
 
 @dataclass
@@ -110,6 +101,7 @@ def erase_pipeline(pipeline, config: ConceptAblationConfig, session) -> tuple[di
 
     from .data import synthesize_latents
     from .diffusion import encode_prompts, epoch_indices, noise_batch, per_sample_mse, prediction_target, stack_embeddings
+    from .esd import TRAIN_METHODS, trained_parameters
     from .training import fit, freeze, train_only
 
     accelerator, timer = session.accelerator, session.timer
@@ -129,7 +121,7 @@ def erase_pipeline(pipeline, config: ConceptAblationConfig, session) -> tuple[di
     pipeline.text_encoder.to("cpu")  # frozen and no longer needed: keep accelerator memory for training
     pipeline.vae.to("cpu")
 
-    trainable = [n for n, _ in unet.named_parameters() if trains(n, config.train_method)]
+    trainable = trained_parameters(unet, ESD_GROUP[config.train_method])
     parameters = train_only(unet, trainable, config.gradient_checkpointing)
     optimizer = torch.optim.AdamW([parameters[n] for n in trainable], lr=config.learning_rate,
                                   weight_decay=config.weight_decay, fused=device.type in ("cuda", "cpu"))
@@ -188,7 +180,7 @@ def erase_pipeline(pipeline, config: ConceptAblationConfig, session) -> tuple[di
         "final_losses": logs,
         "trained_parameters": {"train_method": config.train_method, "tensors": len(trainable), "share": share},
         "summary": [
-            ["trained parameters", f"CA-{config.train_method}: {TRAIN_METHODS[config.train_method]}; "
+            ["trained parameters", f"CA-{config.train_method}: {TRAIN_METHODS[ESD_GROUP[config.train_method]]}; "
                                    f"{len(trainable)} tensors, {share:.1%} of the UNet weights"],
             ["objective", "the concept's prompt predicts what the anchor prompt predicts on anchor images "
                           "(model-based)" + (f", plus prior preservation (weight {config.prior_loss_weight})"
