@@ -2,21 +2,32 @@
 # The SD-1.5-scale benchmark set for a GPU machine (random weights, nothing downloaded); every
 # result is printed and appended to benchmarks/results.jsonl. Run from the repository root:
 #   bash benchmarks/sd15.sh              # PYTHON=python3 to use another interpreter than .venv's
+#   bash benchmarks/sd15.sh ca generate  # only the named rows (names below), in this file's order
 # Cheap and most-asked rows first, the paper-size SalUn run last, so a run cut short by a lease
 # still records the most; a failing row is reported and the rest still run (exit 1 at the end).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
+ROWS=(uce salun-256 esd-base advunlearn ca attack generate optimizer esd-paper salun-800)
+for name in "$@"; do
+  [[ " ${ROWS[*]} " == *" $name "* ]] || { echo "unknown row '$name'; rows: ${ROWS[*]}" >&2; exit 2; }
+done
+wanted=("$@")
 failed=()
-run() { echo "+ $*" >&2; "$PY" -m "$@" --record || failed+=("$*"); }
+row() {
+  local name=$1; shift
+  ((${#wanted[@]} == 0)) || [[ " ${wanted[*]} " == *" $name "* ]] || return 0
+  echo "+ [$name] $*" >&2; "$PY" -m "$@" --record || failed+=("$name")
+}
 fast_salun="--size sd15 --mixed-precision bf16 --gradient-checkpointing --synthesis-scheduler dpm --synthesis-steps 20 --synthesis-batch-size 32"
-run benchmarks.bench_erase --size sd15 --method uce                 # target: <= 5 s
-run benchmarks.bench_erase $fast_salun --num-images 256            # target: <= 60 s end to end, <= 16 GiB
-run benchmarks.bench_erase --size sd15 --method esd --mixed-precision bf16 --steps 50 --sample-from base --num-images 64
-run benchmarks.bench_erase --size sd15 --method advunlearn --mixed-precision bf16 --steps 10 --warmup-steps 2 --num-images 16   # 8 steps with the 30-step attack
-run benchmarks.bench_attack --size sd15 --prompts 2 --steps 200 --check-every 100   # nudity protocol, worst case per prompt
-run benchmarks.bench_generate --size sd15 --prompts 32 --steps 25 --repeats 2   # target: harness >= 0.95 of bare
-run benchmarks.bench_optimizer --size sd15
-run benchmarks.bench_erase --size sd15 --method esd --mixed-precision bf16 --steps 20   # paper sampling (current model)
-run benchmarks.bench_erase $fast_salun --num-images 800            # the paper's data size
+row uce        benchmarks.bench_erase --size sd15 --method uce                 # target: <= 5 s
+row salun-256  benchmarks.bench_erase $fast_salun --num-images 256            # target: <= 60 s end to end, <= 16 GiB
+row esd-base   benchmarks.bench_erase --size sd15 --method esd --mixed-precision bf16 --steps 50 --sample-from base --num-images 64
+row advunlearn benchmarks.bench_erase --size sd15 --method advunlearn --mixed-precision bf16 --steps 10 --warmup-steps 2 --num-images 16   # 8 steps with the 30-step attack
+row ca         benchmarks.bench_erase --size sd15 --method ca --mixed-precision bf16 --synthesis-scheduler dpm --synthesis-steps 20 --synthesis-batch-size 32 --num-images 64   # 100 steps, batch 8
+row attack     benchmarks.bench_attack --size sd15 --prompts 2 --steps 200 --check-every 100   # nudity protocol, worst case per prompt
+row generate   benchmarks.bench_generate --size sd15 --prompts 32 --steps 25 --repeats 2   # target: harness >= 0.95 of bare
+row optimizer  benchmarks.bench_optimizer --size sd15
+row esd-paper  benchmarks.bench_erase --size sd15 --method esd --mixed-precision bf16 --steps 20   # paper sampling (current model)
+row salun-800  benchmarks.bench_erase $fast_salun --num-images 800            # the paper's data size
 if ((${#failed[@]})); then printf 'FAILED: %s\n' "${failed[@]}" >&2; exit 1; fi
