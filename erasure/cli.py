@@ -105,8 +105,8 @@ def add_erase_arguments(p: argparse.ArgumentParser) -> None:
         if choices:  # methods may offer different choices for one field; each config checks its own
             choices = tuple(dict.fromkeys(c for m in owners for c in field_type(get_method(m).config, name)[1]))
         kwargs = dict(dest=name, help=_help(name, owners, len(registered)))
-        if kind is bool:
-            kwargs["action"] = "store_true"
+        if kind is bool:  # a switch left None (the profile's or official value decides) can be set either way
+            kwargs["action"] = argparse.BooleanOptionalAction if f.default is None else "store_true"
         else:
             kwargs.update(type=kind, action="append" if repeatable else Once, choices=choices,
                           metavar=f.metadata.get("metavar"), required=name in ("model", "concept"))

@@ -99,7 +99,7 @@ def erase_pipeline(pipeline, config: ConceptAblationConfig, session) -> tuple[di
     import torch
     from diffusers import DDPMScheduler
 
-    from .data import synthesize_latents
+    from .data import training_latents
     from .diffusion import encode_prompts, epoch_indices, noise_batch, per_sample_mse, prediction_target, stack_embeddings
     from .esd import TRAIN_METHODS, trained_parameters
     from .training import fit, freeze, train_only
@@ -111,12 +111,8 @@ def erase_pipeline(pipeline, config: ConceptAblationConfig, session) -> tuple[di
     anchors, forget = config.misaligned_prompts, config.forget_prompts
     paired = {a: forget[k % len(forget)] for k, a in enumerate(anchors)}  # anchor caption -> the concept's caption
     with timer.phase("data"), accelerator.main_process_first():
-        data = synthesize_latents(
-            pipeline, anchors, config.num_images, seed=config.seed, num_inference_steps=config.synthesis_steps,
-            scheduler=config.synthesis_scheduler, guidance_scale=config.synthesis_guidance_scale,
-            resolution=config.resolution or unet.config.sample_size * pipeline.vae_scale_factor,
-            batch_size=config.synthesis_batch_size, model_key=session.model_key, cache_dir=config.cache_dir,
-            autocast=accelerator.autocast, show_progress=session.show_progress, stream="ca-anchor")
+        data = training_latents(pipeline, config, anchors, model_key=session.model_key, accelerator=accelerator,
+                                show_progress=session.show_progress, stream="ca-anchor")
     embeddings = encode_prompts(pipeline, anchors + forget, device)
     pipeline.text_encoder.to("cpu")  # frozen and no longer needed: keep accelerator memory for training
     pipeline.vae.to("cpu")

@@ -94,6 +94,24 @@ def synthesize_latents(pipeline, prompts: list[str], num_images: int, *, seed: i
     return LatentSet(latents, captions)
 
 
+def training_latents(pipeline, config, prompts: list[str], *, model_key: str, accelerator, show_progress: bool = True,
+                     images: str | None = None, stream: str = "synthesis") -> LatentSet:
+    """A method's training set: the image folder `images` encoded (captions from the folder, else
+    prompts[0]), or else `config.num_images` latents synthesized by the pipeline for `prompts` with
+    the config's synthesis settings (a SynthesisConfig's fields)."""
+    resolution = config.resolution or pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+    cache_dir = config.cache_dir or default_cache_dir()
+    if images:
+        return encode_image_folder(pipeline, images, prompts[0], resolution=resolution,
+                                   batch_size=config.synthesis_batch_size, model_key=model_key, cache_dir=cache_dir,
+                                   show_progress=show_progress)
+    return synthesize_latents(pipeline, prompts, config.num_images, seed=config.seed,
+                              num_inference_steps=config.synthesis_steps, scheduler=config.synthesis_scheduler,
+                              guidance_scale=config.synthesis_guidance_scale, resolution=resolution,
+                              batch_size=config.synthesis_batch_size, model_key=model_key, cache_dir=cache_dir,
+                              autocast=accelerator.autocast, show_progress=show_progress, stream=stream)
+
+
 def ddim_trajectory(predict, scheduler, latents, cond, uncond, guidance_scale: float, stop: int, keep_all: bool = False):
     """Run `stop` guided DDIM steps from `latents`; the latent reached (or all latents before each step)."""
     visited = []

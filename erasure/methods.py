@@ -4,7 +4,7 @@ Adding a method means adding its file beside salun.py (its config dataclass, its
 `erase_pipeline`, a docstring saying where every default comes from) and one line here.
 """
 
-from . import advunlearn, concept_ablation, esd, salun, uce
+from . import advunlearn, concept_ablation, esd, forget_me_not, salun, scissorhands, uce
 from .registry import register
 from .salun_soft import SalUnSoftConfig
 
@@ -22,3 +22,7 @@ register("advunlearn", advunlearn.AdvUnlearnConfig, "sd_erasure.erasure.advunlea
          title="AdvUnlearn (adversarial training of the text encoder)", citation=advunlearn.CITATION)
 register("ca", concept_ablation.ConceptAblationConfig, "sd_erasure.erasure.concept_ablation:erase_pipeline",
          title="CA (concept ablation onto an anchor concept)", citation=concept_ablation.CITATION)
+register("scissorhands", scissorhands.ScissorHandsConfig, "sd_erasure.erasure.scissorhands:erase_pipeline",
+         title="ScissorHands (reset the most connected weights, then repair)", citation=scissorhands.CITATION)
+register("fmn", forget_me_not.ForgetMeNotConfig, "sd_erasure.erasure.forget_me_not:erase_pipeline",
+         title="FMN (Forget-Me-Not: attention re-steering)", citation=forget_me_not.CITATION)

@@ -40,8 +40,9 @@ DATA, SALIENCY = "forget and retain data", "saliency"
 
 
 @dataclass
-class SalUnConfig(SynthesisConfig):
-    """SalUn's settings; each field's help says where its default comes from."""
+class ForgetRetainConfig(SynthesisConfig):
+    """What the methods that fine-tune the UNet on a forget and a retain set share (SalUn,
+    ScissorHands): the two sets, the forget-gradient pass that ranks weights, the misaligned target."""
 
     # data
     forget_prompts: list[str] = option(
@@ -61,21 +62,12 @@ class SalUnConfig(SynthesisConfig):
     retain_images: str | None = option(None, group=DATA, metavar="DIR",
                                        help="use these images as the retain set instead of synthesizing")
     num_images: int = option(800, group=DATA, help="images synthesized for each of the forget and retain sets")
-    # saliency
-    mask_ratio: float = option(0.5, group=SALIENCY, help="share of the scope's weights to update, in (0, 1]")
-    scope: Literal["full", "xattn", "noxattn"] | None = option(
-        None, official="full", group=SALIENCY,
-        help="weights eligible for the mask: full UNet, xattn (cross-attention), noxattn")
-    mask_ranking: Literal["unet", "scope"] | None = option(
-        None, official="unet", group=SALIENCY,
-        help="where the top mask_ratio is ranked: over the whole UNet, then the scope's entries of that top share "
-             "train (official code), or within the scope, so exactly mask_ratio of the scope trains")
-    saliency_guidance_scale: float = option(7.5, group=SALIENCY, help="w of the guided forget loss that ranks weights")
-    saliency_batch_size: int = option(8, group=SALIENCY, help="forget samples per gradient batch; the mask depends "
+    # the forget-gradient pass (SalUn's saliency, ScissorHands' connection sensitivity)
+    saliency_guidance_scale: float | None = option(
+        None, official=7.5, group=SALIENCY, help="w of the guided forget loss MSE(ε, (1+w)·ε(c_f) − w·ε(∅)) whose "
+                                                 "gradient ranks weights (0: the plain denoising loss)")
+    saliency_batch_size: int = option(8, group=SALIENCY, help="forget samples per gradient batch; the ranking depends "
                                                               "on it, not on the number of processes")
-    # unlearning (steps, batch size, learning rate: TrainingConfig)
-    retain_loss_weight: float | None = option(None, group="training", help="alpha, weight of the retain loss "
-                                              "(default: the model profile's, else 0.1 for nudity, 0.5 otherwise)")
     misaligned_target: Literal["current", "base"] | None = option(
         None, official="current", group="training",
         help="whose prediction for the misaligned prompt the forget branch is pulled to: the current model "
@@ -83,13 +75,12 @@ class SalUnConfig(SynthesisConfig):
 
     def check(self) -> None:
         super().check()
-        if not 0 < self.mask_ratio <= 1:
-            raise EraseError(f"`mask_ratio` {self.mask_ratio} is outside (0, 1]: use e.g. 0.5 to update the most "
-                             "salient half")
         for name in ("forget_prompts", "retain_prompts", "misaligned_prompts"):
             if not all(p.strip() for p in getattr(self, name)):
                 raise EraseError(f"`{name}` has an empty prompt: give the prompt text, or leave it out for the default")
         self.require_positive("num_images", "saliency_batch_size")
+        if self.saliency_guidance_scale is not None and self.saliency_guidance_scale < 0:
+            raise EraseError(f"`saliency_guidance_scale` must be 0 or more, got {self.saliency_guidance_scale}")
 
     def with_defaults(self, profile: dict):
         if self.retain_prompts and not self.misaligned_prompts:  # steer forget images to what your retain set shows
@@ -99,15 +90,12 @@ class SalUnConfig(SynthesisConfig):
     def concept_defaults(self) -> dict:
         preset = preset_prompts(self.concept)
         retain = self.retain_prompts or preset.retain
-        return {"forget_prompts": preset.forget, "retain_prompts": retain, "misaligned_prompts": retain,
-                "retain_loss_weight": RETAIN_LOSS_WEIGHT[preset.kind]}
+        return {"forget_prompts": preset.forget, "retain_prompts": retain, "misaligned_prompts": retain}
 
-    def narrower(self):
-        # Both measured on the shapes model (its profile's notes): the whole UNet broke colour binding,
-        # the current model's target dragged the misaligned prompts along.
-        gentler = replace(self, scope="xattn" if self.scope == "full" else self.scope, misaligned_target="base",
-                          mask_ranking="scope")
-        return None if gentler == self else gentler
+    def unlearning_objective(self) -> tuple[float, float, Literal["misaligned", "ascent"]]:
+        """(forget weight, retain weight, forget target) of the loss `unlearn` minimises: the forget
+        branch is pulled to the misaligned prompt's prediction, or (ascent) its denoising loss is maximised."""
+        raise NotImplementedError
 
     def check_inputs(self) -> None:
         from .data import read_image_folder
@@ -120,7 +108,43 @@ class SalUnConfig(SynthesisConfig):
         from .diffusion import check_prompt_lengths
 
         check_prompt_lengths(pipeline.tokenizer, self.forget_prompts + self.retain_prompts + self.misaligned_prompts,
-                             "SalUn prompt")
+                             f"{self.method} prompt")
+
+
+@dataclass
+class SalUnConfig(ForgetRetainConfig):
+    """SalUn's settings; each field's help says where its default comes from."""
+
+    mask_ratio: float = option(0.5, group=SALIENCY, help="share of the scope's weights to update, in (0, 1]")
+    scope: Literal["full", "xattn", "noxattn"] | None = option(
+        None, official="full", group=SALIENCY,
+        help="weights eligible for the mask: full UNet, xattn (cross-attention), noxattn")
+    mask_ranking: Literal["unet", "scope"] | None = option(
+        None, official="unet", group=SALIENCY,
+        help="where the top mask_ratio is ranked: over the whole UNet, then the scope's entries of that top share "
+             "train (official code), or within the scope, so exactly mask_ratio of the scope trains")
+    # unlearning (steps, batch size, learning rate: TrainingConfig)
+    retain_loss_weight: float | None = option(None, group="training", help="alpha, weight of the retain loss "
+                                              "(default: the model profile's, else 0.1 for nudity, 0.5 otherwise)")
+
+    def check(self) -> None:
+        super().check()
+        if not 0 < self.mask_ratio <= 1:
+            raise EraseError(f"`mask_ratio` {self.mask_ratio} is outside (0, 1]: use e.g. 0.5 to update the most "
+                             "salient half")
+
+    def concept_defaults(self) -> dict:
+        return super().concept_defaults() | {"retain_loss_weight": RETAIN_LOSS_WEIGHT[preset_prompts(self.concept).kind]}
+
+    def unlearning_objective(self):
+        return 1.0, self.retain_loss_weight, "misaligned"
+
+    def narrower(self):
+        # Both measured on the shapes model (its profile's notes): the whole UNet broke colour binding,
+        # the current model's target dragged the misaligned prompts along.
+        gentler = replace(self, scope="xattn" if self.scope == "full" else self.scope, misaligned_target="base",
+                          mask_ranking="scope")
+        return None if gentler == self else gentler
 
     def saliency_mask(self, gradients: dict) -> dict:
         """SalUn's hard mask: the top `mask_ratio` of |gradient| may change, nothing else."""
@@ -130,10 +154,24 @@ class SalUnConfig(SynthesisConfig):
 
 
 def compute_saliency(pipeline, forget: "LatentSet", config: SalUnConfig, accelerator, show_progress=True):
-    """The saliency mask over all UNet parameters (config.saliency_mask inside the scope, zero outside).
+    """The saliency mask over all UNet parameters (config.saliency_mask inside the scope, zero outside)."""
+    from .saliency import full_mask, in_scope
 
-    The same mask whatever the number of processes: the forget set is cut into the same batches of
-    `saliency_batch_size` (dealt round-robin to the processes) and their gradients are summed in
+    unet = pipeline.unet
+    # the weights the saliency is ranked over: the whole UNet (official) or the scope alone
+    ranked = [n for n, _ in unet.named_parameters() if config.mask_ranking == "unet" or in_scope(n, config.scope)]
+    scores = forget_gradient_magnitudes(pipeline, forget, ranked, config, accelerator, show_progress)
+    scope_masks = {n: m for n, m in config.saliency_mask(scores).items() if in_scope(n, config.scope)}
+    return full_mask([(n, p.shape) for n, p in unet.named_parameters()], scope_masks)
+
+
+def forget_gradient_magnitudes(pipeline, forget: "LatentSet", names: list[str], config: ForgetRetainConfig,
+                               accelerator, show_progress=True) -> dict:
+    """|Σ ∇θ ℓ_f| over the forget set for the UNet parameters `names` (float32), ℓ_f the guided
+    denoising loss with w = config.saliency_guidance_scale.
+
+    The same result whatever the number of processes: the forget set is cut into the same batches
+    of `saliency_batch_size` (dealt round-robin to the processes) and their gradients are summed in
     float64, where adding float32 values is exact, so neither the split nor the order of addition
     changes a bit.
     """
@@ -142,11 +180,9 @@ def compute_saliency(pipeline, forget: "LatentSet", config: SalUnConfig, acceler
     from tqdm.auto import tqdm
 
     from .diffusion import encode_prompts, noise_batch, per_sample_mse, prediction_target, stack_embeddings
-    from .saliency import full_mask, in_scope
 
     unet, device = pipeline.unet, accelerator.device
-    # the weights the saliency is ranked over: the whole UNet (official) or the scope alone
-    ranked = {n: p for n, p in unet.named_parameters() if config.mask_ranking == "unet" or in_scope(n, config.scope)}
+    ranked = {n: p for n, p in unet.named_parameters() if n in set(names)}
     for name, param in unet.named_parameters():
         param.requires_grad_(name in ranked)
         param.grad = None
@@ -187,19 +223,19 @@ def compute_saliency(pipeline, forget: "LatentSet", config: SalUnConfig, acceler
         hook.remove()
     if accelerator.num_processes > 1:
         sums = {n: accelerator.reduce(s, "sum") for n, s in sums.items()}
-    scores = {n: sums.pop(n).abs_().float() for n in list(ranked)}  # one float64 sum alive at a time
-    scope_masks = {n: m for n, m in config.saliency_mask(scores).items() if in_scope(n, config.scope)}
-    return full_mask([(n, p.shape) for n, p in unet.named_parameters()], scope_masks)
+    return {n: sums.pop(n).abs_().float() for n in list(ranked)}  # one float64 sum alive at a time
 
 
-def unlearn(pipeline, forget: "LatentSet", retain: "LatentSet", saliency_mask, config: SalUnConfig, accelerator,
+def unlearn(pipeline, forget: "LatentSet", retain: "LatentSet", saliency_mask, config: ForgetRetainConfig, accelerator,
             checkpoint_dir: str | None = None, step_callback: Callable[[int, dict], None] | None = None,
             show_progress=True) -> tuple[dict, int, dict]:
     """Masked fine-tuning of pipeline.unet in place; returns the last step's losses, the step it resumed
     from and the optimizer state's size (with what dense Adam over the trained tensors would hold).
 
     Only entries the mask allows move, and only they get optimizer state (MaskedAdam); a soft
-    mask (floats in [0, 1]) scales each entry's update.
+    mask (floats in [0, 1]) scales each entry's update. Where every entry of the trained tensors
+    may move, plain Adam does the same with no positions to hold. The loss is
+    config.unlearning_objective()'s weighted forget and retain terms.
     """
     import torch
     from diffusers import DDPMScheduler
@@ -210,7 +246,7 @@ def unlearn(pipeline, forget: "LatentSet", retain: "LatentSet", saliency_mask, c
     from .training import fit, freeze, frozen_copy, train_only
 
     unet, device = pipeline.unet, accelerator.device
-    alpha = config.retain_loss_weight
+    forget_weight, retain_weight, forget_target = config.unlearning_objective()
     noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     misaligned = [config.misaligned_prompts[i % len(config.misaligned_prompts)] for i in range(len(forget))]
     embeddings = encode_prompts(pipeline, forget.prompts + retain.prompts + misaligned, device)
@@ -220,10 +256,16 @@ def unlearn(pipeline, forget: "LatentSet", retain: "LatentSet", saliency_mask, c
     # Only parameters with a salient entry train: the rest get no gradient, no optimizer state.
     trainable = [n for n, _ in unet.named_parameters() if saliency_mask[n].any()]
     # A frozen target needs the base values of the trained tensors only (taken before a resume loads a checkpoint).
-    base_values = frozen_copy(unet, trainable) if config.misaligned_target == "base" else None
+    base_values = (frozen_copy(unet, trainable) if config.misaligned_target == "base" and forget_target == "misaligned"
+                   else None)
     parameters = train_only(unet, trainable, config.gradient_checkpointing)
-    masked_adam = MaskedAdam([(parameters[n], saliency_mask[n]) for n in trainable], lr=config.learning_rate)
-    model, optimizer = accelerator.prepare(unet, masked_adam)
+    dense = all(saliency_mask[n].dtype == torch.bool and bool(saliency_mask[n].all()) for n in trainable)
+    if dense:
+        adam = torch.optim.Adam([parameters[n] for n in trainable], lr=config.learning_rate,
+                                fused=device.type in ("cuda", "cpu"))
+    else:
+        adam = MaskedAdam([(parameters[n], saliency_mask[n]) for n in trainable], lr=config.learning_rate)
+    model, optimizer = accelerator.prepare(unet, adam)
 
     per_process, processes = config.batch_size, accelerator.num_processes
     global_batch = per_process * processes
@@ -247,10 +289,13 @@ def unlearn(pipeline, forget: "LatentSet", retain: "LatentSet", saliency_mask, c
         misaligned_emb = stack_embeddings(embeddings, [misaligned[i] for i in forget_ids])
         retain_emb = stack_embeddings(embeddings, [retain.prompts[i] for i in retain_ids])
         with accelerator.autocast():
-            with torch.no_grad():
-                inputs = (noisy_forget, t_forget, misaligned_emb)
-                target = (functional_call(accelerator.unwrap_model(model), base_values, inputs) if base_values
-                          else accelerator.unwrap_model(model)(*inputs)).sample
+            if forget_target == "ascent":  # the forget branch's own denoising target, its loss maximised
+                target = prediction_target(noise_scheduler, forget_latents, noise_forget, t_forget)
+            else:
+                with torch.no_grad():
+                    inputs = (noisy_forget, t_forget, misaligned_emb)
+                    target = (functional_call(accelerator.unwrap_model(model), base_values, inputs) if base_values
+                              else accelerator.unwrap_model(model)(*inputs)).sample
             # forget and retain branches in one forward: GroupNorm is per sample, so this is exact
             prediction = model(torch.cat([noisy_forget, noisy_retain]), torch.cat([t_forget, t_retain]),
                                torch.cat([forget_emb, retain_emb])).sample
@@ -258,40 +303,28 @@ def unlearn(pipeline, forget: "LatentSet", retain: "LatentSet", saliency_mask, c
         forget_loss = per_sample_mse(forget_pred, target).mean()
         retain_loss = per_sample_mse(
             retain_pred, prediction_target(noise_scheduler, retain_latents, noise_retain, t_retain)).mean()
-        loss = forget_loss + alpha * retain_loss
+        loss = forget_weight * forget_loss + retain_weight * retain_loss
         return loss, {"loss": loss.item(), "forget_loss": forget_loss.item(), "retain_loss": retain_loss.item()}
 
     logs, resumed_from = fit(
         accelerator, model, optimizer, compute_loss, config, checkpoint_dir=checkpoint_dir,
         step_callback=step_callback, show_progress=show_progress, description="unlearning")
     freeze(unet)
-    state = {"bytes": masked_adam.state_bytes(),
-             "dense_adam_bytes": sum(8 * parameters[n].numel() + 4 for n in trainable)}
+    dense_bytes = sum(8 * parameters[n].numel() + 4 for n in trainable)
+    state = {"bytes": dense_bytes if dense else adam.state_bytes(), "dense_adam_bytes": dense_bytes}
     return logs, resumed_from, state
 
 
-def build_sets(pipeline, config: SalUnConfig, accelerator, model_key: str, show_progress=True):
+def build_sets(pipeline, config: ForgetRetainConfig, accelerator, model_key: str, show_progress=True):
     """The forget and retain latents (two LatentSets): encoded image folders, or synthesized by the pipeline itself."""
-    from .data import default_cache_dir, encode_image_folder, synthesize_latents
+    from .data import training_latents
 
-    resolution = config.resolution or pipeline.unet.config.sample_size * pipeline.vae_scale_factor
     pipeline.to(accelerator.device)
-    cache_dir = config.cache_dir or default_cache_dir()
-    sets = []
     with accelerator.main_process_first():  # the main process fills the cache; the others read it
-        for images, texts in ((config.forget_images, config.forget_prompts), (config.retain_images, config.retain_prompts)):
-            if images:
-                sets.append(encode_image_folder(pipeline, images, texts[0], resolution=resolution,
-                                                batch_size=config.synthesis_batch_size, model_key=model_key,
-                                                cache_dir=cache_dir, show_progress=show_progress))
-            else:
-                sets.append(synthesize_latents(
-                    pipeline, texts, config.num_images, seed=config.seed, num_inference_steps=config.synthesis_steps,
-                    scheduler=config.synthesis_scheduler,
-                    guidance_scale=config.synthesis_guidance_scale, resolution=resolution,
-                    batch_size=config.synthesis_batch_size, model_key=model_key, cache_dir=cache_dir,
-                    autocast=accelerator.autocast, show_progress=show_progress))
-    return sets[0], sets[1]
+        return tuple(training_latents(pipeline, config, prompts, model_key=model_key, accelerator=accelerator,
+                                      show_progress=show_progress, images=images)
+                     for images, prompts in ((config.forget_images, config.forget_prompts),
+                                             (config.retain_images, config.retain_prompts)))
 
 
 def erase_pipeline(pipeline, config: SalUnConfig, session) -> tuple[dict, dict]:
@@ -316,11 +349,27 @@ def erase_pipeline(pipeline, config: SalUnConfig, session) -> tuple[dict, dict]:
                                      session.step_callback, session.show_progress)
     pipeline.to(accelerator.device)  # unlearn() parked the text encoder and VAE on the CPU
     density, mean_weight, per_layer = mask_densities(mask)
+    record = unlearning_record(config, forget, retain, logs, resumed_from, optimizer_state)
+    record["mask"] = {"ratio": config.mask_ratio, "scope": config.scope, "ranking": config.mask_ranking,
+                      "density": density, "mean_weight": mean_weight, "layer_density": per_layer}
+    record["summary"] += [
+        ["saliency mask", f"{_mask_kind(mask)} over `{config.scope}` parameters, top {config.mask_ratio} of the "
+                          f"gradient magnitudes ranked over the {'whole UNet' if config.mask_ranking == 'unet' else 'scope'}; {density:.1%} of all UNet weights may change (`saliency_mask.safetensors`)"],
+        ["unlearning", f"{config.steps} Adam steps, batch {config.batch_size}, learning rate {config.learning_rate}, "
+                       f"retain loss weight {config.retain_loss_weight}, target from the {config.misaligned_target} "
+                       f"model, mixed precision {config.mixed_precision}, seed {config.seed}"],
+    ]
+    return record, {"saliency_mask": mask}
+
+
+def unlearning_record(config: ForgetRetainConfig, forget, retain, logs: dict, resumed_from: int,
+                      optimizer_state: dict) -> dict:
+    """The erasure.json fields of a forget/retain fine-tune (SalUn, ScissorHands), the data line of its summary first."""
     data = (f"{len(forget)} / {len(retain)} images "
             + ("from folders" if config.forget_images or config.retain_images
                else f"generated by the base model ({config.synthesis_steps} {config.synthesis_scheduler or 'pipeline-sampler'} "
                  f"steps, guidance {config.synthesis_guidance_scale})"))
-    record = {
+    return {
         "prompts": {"forget": config.forget_prompts, "retain": config.retain_prompts,
                     "misaligned": config.misaligned_prompts},
         "data": {"forget_size": len(forget), "retain_size": len(retain)},
@@ -328,18 +377,8 @@ def erase_pipeline(pipeline, config: SalUnConfig, session) -> tuple[dict, dict]:
         "resumed_from_step": resumed_from,
         "final_losses": logs,
         "optimizer_state": optimizer_state,
-        "mask": {"ratio": config.mask_ratio, "scope": config.scope, "ranking": config.mask_ranking, "density": density, "mean_weight": mean_weight,
-                 "layer_density": per_layer},
-        "summary": [
-            ["forget / retain set", data],
-            ["saliency mask", f"{_mask_kind(mask)} over `{config.scope}` parameters, top {config.mask_ratio} of the "
-                              f"gradient magnitudes ranked over the {'whole UNet' if config.mask_ranking == 'unet' else 'scope'}; {density:.1%} of all UNet weights may change (`saliency_mask.safetensors`)"],
-            ["unlearning", f"{config.steps} Adam steps, batch {config.batch_size}, learning rate {config.learning_rate}, "
-                           f"retain loss weight {config.retain_loss_weight}, target from the {config.misaligned_target} "
-                           f"model, mixed precision {config.mixed_precision}, seed {config.seed}"],
-        ],
+        "summary": [["forget / retain set", data]],
     }
-    return record, {"saliency_mask": mask}
 
 
 def _mask_kind(mask) -> str:
