@@ -7,6 +7,7 @@
     python -m benchmarks.bench_erase --size sd15 --method esd --mixed-precision bf16 --steps 50 --record
     python -m benchmarks.bench_erase --size sd15 --method uce --record
     python -m benchmarks.bench_erase --size sd15 --method advunlearn --mixed-precision bf16 --steps 10 --warmup-steps 2
+    python -m benchmarks.bench_erase --size tiny --method scissorhands     # also: ca, fmn, salun-soft
 
 It runs the real code path (`erasure.erase`) with a fresh data cache, so synthesis is measured,
 and prints one JSON object; `--record` also appends it to benchmarks/results.jsonl.
@@ -82,7 +83,7 @@ def main(argv=None) -> dict:
         record = erase(config, show_progress=False).record
     seconds = record["seconds"]
     steps = record.get("steps")
-    trained = next((phase for phase in ("unlearning", "training") if phase in seconds), None)
+    trained = next((phase for phase in ("unlearning", "training", "repair") if phase in seconds), None)
     result = {
         "benchmark": args.method,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

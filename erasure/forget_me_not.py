@@ -50,8 +50,8 @@ class ForgetMeNotConfig(SynthesisConfig):
              "the model profile's, else 'a photo of a person wearing clothes' for nudity and 'a photo' otherwise")
     forget_images: str | None = option(None, group=DATA, metavar="DIR", help="use these images of the concept "
                                        "(captions from metadata.jsonl or .txt files) instead of synthesizing")
-    num_images: int = option(10, group=DATA, help="images of the concept synthesized by the base model "
-                                                  "(official: 10 real images)")
+    num_images: int | None = option(None, official=10, group=DATA,
+                                    help="images of the concept synthesized by the base model (official: 10 real images)")
     steps: int | None = option(None, official=35, group="training", help="optimizer steps")
     batch_size: int | None = option(None, official=1, group="training", help="samples per step and device")
     learning_rate: float | None = option(None, official=2e-6, group="training", help="AdamW learning rate")
