@@ -79,3 +79,21 @@ def test_fmn_bad_options_get_one_line_and_no_output(tiny_sd, tmp_path, capsys, a
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sd-erase")]
     assert len(err) == 1 and message in err[0], err
     assert not out.exists() and not (tmp_path / "out.incomplete").exists()
+
+
+def test_fmn_erases_circle_on_the_shapes_world_and_the_self_check_flags_what_it_breaks(tmp_path):
+    """The profile's FMN erases circle but breaks colour binding (README: no usable trade-off on this
+    model); the judge-free self-check must say so through its retain verdict, not call the run clean."""
+    import json
+
+    from sd_erasure.evaluation.metrics import Protocol
+    from sd_erasure.evaluation.suite import evaluate_shapes
+
+    out = tmp_path / "fmn"
+    assert erase_cli("--model", "shapes", "--concept", "circle", "--output", out, "--method", "fmn") == 0
+    metrics = evaluate_shapes(str(out), "circle", str(tmp_path / "report"), protocol=Protocol(images_per_prompt=2),
+                              show_progress=False)
+    base, erased = metrics["base"], metrics["erased"]
+    assert erased["UA"] >= base["UA"] + 0.5 and erased["CRA"] < base["CRA"] - 0.2, metrics
+    check = json.loads((out / "erasure.json").read_text())["self_check"]
+    assert check["erased"] and not check["retain_kept"], check
