@@ -163,7 +163,7 @@ def erase_pipeline(pipeline, config: AdvUnlearnConfig, session) -> tuple[dict, d
     import torch
     from diffusers import DDIMScheduler
 
-    from .data import base_trajectories
+    from .data import base_trajectories, data_resolution
     from .diffusion import PrefixEmbeddings, encode_prompts, per_sample_mse, prefixed_token_ids, seeded_generator
     from .training import fit, freeze, train_only
 
@@ -171,7 +171,7 @@ def erase_pipeline(pipeline, config: AdvUnlearnConfig, session) -> tuple[dict, d
     device = accelerator.device
     unet, text_encoder, tokenizer = pipeline.unet, pipeline.text_encoder, pipeline.tokenizer
     pipeline.to(device)
-    resolution = config.resolution or unet.config.sample_size * pipeline.vae_scale_factor
+    resolution = data_resolution(pipeline, config)
     latent_shape = (unet.config.in_channels, resolution // pipeline.vae_scale_factor, resolution // pipeline.vae_scale_factor)
     scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
     scheduler.set_timesteps(config.synthesis_steps, device=device)

@@ -94,12 +94,17 @@ def synthesize_latents(pipeline, prompts: list[str], num_images: int, *, seed: i
     return LatentSet(latents, captions)
 
 
+def data_resolution(pipeline, config) -> int:
+    """Image size of a method's data: the config's `resolution` where it has one set, else the model's own."""
+    return getattr(config, "resolution", None) or pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+
+
 def training_latents(pipeline, config, prompts: list[str], *, model_key: str, accelerator, show_progress: bool = True,
                      images: str | None = None, stream: str = "synthesis") -> LatentSet:
     """A method's training set: the image folder `images` encoded (captions from the folder, else
     prompts[0]), or else `config.num_images` latents synthesized by the pipeline for `prompts` with
     the config's synthesis settings (a SynthesisConfig's fields)."""
-    resolution = config.resolution or pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+    resolution = data_resolution(pipeline, config)
     cache_dir = config.cache_dir or default_cache_dir()
     if images:
         return encode_image_folder(pipeline, images, prompts[0], resolution=resolution,

@@ -123,7 +123,7 @@ def erase_pipeline(pipeline, config: EsdConfig, session) -> tuple[dict, dict]:
     from diffusers import DDIMScheduler
     from torch.func import functional_call
 
-    from .data import base_trajectories, ddim_trajectory
+    from .data import base_trajectories, data_resolution, ddim_trajectory
     from .diffusion import encode_prompts, per_sample_mse, seeded_generator, stack_embeddings
     from .training import fit, freeze, frozen_copy, train_only
 
@@ -131,7 +131,7 @@ def erase_pipeline(pipeline, config: EsdConfig, session) -> tuple[dict, dict]:
     device = accelerator.device
     unet = pipeline.unet
     pipeline.to(device)
-    resolution = config.resolution or unet.config.sample_size * pipeline.vae_scale_factor
+    resolution = data_resolution(pipeline, config)
     latent_shape = (unet.config.in_channels, resolution // pipeline.vae_scale_factor, resolution // pipeline.vae_scale_factor)
     scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
     scheduler.set_timesteps(config.synthesis_steps, device=device)

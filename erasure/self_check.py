@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 import torch
 from diffusers import DDPMScheduler
 
-from .data import synthesize_latents
+from .data import data_resolution, synthesize_latents
 from .diffusion import encode_prompts, per_sample_mse, prediction_target, seeded_generator, stack_embeddings
 from .prompts import preset_prompts
 
@@ -79,7 +79,7 @@ class SelfCheck:
         self.device = session.accelerator.device
         self.autocast = session.accelerator.autocast
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
-        resolution = getattr(config, "resolution", None) or pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+        resolution = data_resolution(pipeline, config)
         synthesis = dict(num_images=IMAGES, seed=config.seed, resolution=resolution, guidance_scale=7.5,
                          num_inference_steps=getattr(config, "synthesis_steps", None) or 25,
                          batch_size=getattr(config, "synthesis_batch_size", None) or 8,
