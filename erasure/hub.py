@@ -177,7 +177,7 @@ def _robustness(attack: dict) -> str:
 
 def _example_prompt(record: dict) -> str:
     prompts = record["prompts"]
-    for kind in ("retain", "preserve"):
+    for kind in ("retain", "preserve", "misaligned", "anchor"):  # something the erased model still draws
         if prompts.get(kind):
             return prompts[kind][0]
     return "a photo"
