@@ -114,9 +114,7 @@ class AdvUnlearnConfig(TrajectoryConfig):
 
     def check(self) -> None:
         super().check()
-        for name in ("forget_prompts", "retain_prompts", "misaligned_prompts"):
-            if not all(p.strip() for p in getattr(self, name)):
-                raise EraseError(f"`{name}` has an empty prompt: give the prompt text, or leave it out for the default")
+        self.require_prompts("forget_prompts", "retain_prompts", "misaligned_prompts")
         self.require_positive("retain_batch_size", "attack_tokens", "attack_steps", "attack_learning_rate", "num_images")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise EraseError(f"`warmup_steps` must be 0 or more, got {self.warmup_steps}")

@@ -27,7 +27,7 @@ clothes'). The config imports no torch; the training code imports it where the w
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from .config import SynthesisConfig, option
+from .config import ClippedAdamWConfig, option
 from .errors import EraseError
 from .prompts import preset_prompts
 
@@ -44,7 +44,7 @@ DATA = "forget and retain data"
 
 
 @dataclass
-class ConceptAblationConfig(SynthesisConfig):
+class ConceptAblationConfig(ClippedAdamWConfig):
     """Concept Ablation's settings; each field's help says where its default comes from."""
 
     forget_prompts: list[str] = option(
@@ -61,8 +61,6 @@ class ConceptAblationConfig(SynthesisConfig):
     learning_rate: float | None = option(
         None, official=OFFICIAL_LEARNING_RATE, group="training",
         help="AdamW learning rate: the official 2e-6 scaled by its global batch of 8, doubled with --prior-preservation")
-    weight_decay: float = option(0.01, group="training", help="AdamW weight decay")
-    max_grad_norm: float = option(1.0, group="training", help="clip the trained parameters' gradient norm to this")
     train_method: Literal["xattn-kv", "full"] | None = option(
         None, official="xattn-kv", group="CA",
         help="xattn-kv: cross-attention key/value projections (official, objects and styles); full: the whole UNet")
@@ -73,13 +71,10 @@ class ConceptAblationConfig(SynthesisConfig):
 
     def check(self) -> None:
         super().check()
-        for name in ("forget_prompts", "misaligned_prompts"):
-            if not all(p.strip() for p in getattr(self, name)):
-                raise EraseError(f"`{name}` has an empty prompt: give the prompt text, or leave it out for the default")
-        self.require_positive("num_images", "max_grad_norm")
-        for name in ("weight_decay", "prior_loss_weight"):
-            if getattr(self, name) < 0:
-                raise EraseError(f"`{name}` must be 0 or more, got {getattr(self, name)}")
+        self.require_prompts("forget_prompts", "misaligned_prompts")
+        self.require_positive("num_images")
+        if self.prior_loss_weight < 0:
+            raise EraseError(f"`prior_loss_weight` must be 0 or more, got {self.prior_loss_weight}")
 
     def concept_defaults(self) -> dict:
         preset = preset_prompts(self.concept)

@@ -74,6 +74,11 @@ class EraseConfig:
             if value is not None and value <= 0:
                 raise EraseError(f"`{name}` must be positive, got {value}")
 
+    def require_prompts(self, *names: str) -> None:
+        for name in names:
+            if not all(p.strip() for p in getattr(self, name)):
+                raise EraseError(f"`{name}` has an empty prompt: give the prompt text, or leave it out for the default")
+
     def with_defaults(self, profile: dict) -> tuple["EraseConfig", dict[str, str]]:
         """A copy with every unset field filled, and where each field's value came from (see the
         module docstring). `profile` holds the model profile's settings for this method and concept."""
@@ -161,6 +166,20 @@ class SynthesisConfig(TrainingConfig):
     def check(self) -> None:
         super().check()
         self.require_positive("synthesis_steps", "synthesis_batch_size", "resolution")
+
+
+@dataclass
+class ClippedAdamWConfig(SynthesisConfig):
+    """Fields of the methods whose official code trains with AdamW and gradient clipping (CA, FMN)."""
+
+    weight_decay: float = option(0.01, group="training", help="AdamW weight decay")
+    max_grad_norm: float = option(1.0, group="training", help="clip the trained parameters' gradient norm to this")
+
+    def check(self) -> None:
+        super().check()
+        self.require_positive("max_grad_norm")
+        if self.weight_decay < 0:
+            raise EraseError(f"`weight_decay` must be 0 or more, got {self.weight_decay}")
 
 
 @dataclass

@@ -23,7 +23,7 @@ a folder). The official optional first stage, textual inversion of the concept i
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from .config import SynthesisConfig, option
+from .config import ClippedAdamWConfig, option
 from .errors import EraseError
 from .prompts import preset_prompts
 
@@ -37,7 +37,7 @@ DATA = "forget and retain data"
 
 
 @dataclass
-class ForgetMeNotConfig(SynthesisConfig):
+class ForgetMeNotConfig(ClippedAdamWConfig):
     """Forget-Me-Not's settings; each field's help says where its default comes from."""
 
     forget_prompts: list[str] = option(
@@ -55,8 +55,6 @@ class ForgetMeNotConfig(SynthesisConfig):
     steps: int | None = option(None, official=35, group="training", help="optimizer steps")
     batch_size: int | None = option(None, official=1, group="training", help="samples per step and device")
     learning_rate: float | None = option(None, official=2e-6, group="training", help="AdamW learning rate")
-    weight_decay: float = option(0.01, group="training", help="AdamW weight decay")
-    max_grad_norm: float = option(1.0, group="training", help="clip the trained parameters' gradient norm to this")
     scope: Literal["full", "xattn"] | None = option(
         None, official="full", group="FMN", help="weights trained: the whole UNet (official) or cross-attention only")
     include_end_tokens: bool | None = option(
@@ -65,12 +63,8 @@ class ForgetMeNotConfig(SynthesisConfig):
 
     def check(self) -> None:
         super().check()
-        for name in ("forget_prompts", "misaligned_prompts"):
-            if not all(p.strip() for p in getattr(self, name)):
-                raise EraseError(f"`{name}` has an empty prompt: give the prompt text, or leave it out for the default")
-        self.require_positive("num_images", "max_grad_norm")
-        if self.weight_decay < 0:
-            raise EraseError(f"`weight_decay` must be 0 or more, got {self.weight_decay}")
+        self.require_prompts("forget_prompts", "misaligned_prompts")
+        self.require_positive("num_images")
 
     def concept_defaults(self) -> dict:
         preset = preset_prompts(self.concept)

@@ -6,6 +6,7 @@ order like their int32 bits), which is exact and needs no copy, sort or top-k of
 """
 
 import json
+import os
 
 import torch
 from safetensors import safe_open
@@ -104,6 +105,17 @@ def mask_densities(mask: dict[str, torch.Tensor]) -> tuple[float, float, dict[st
 def save_mask(mask: dict[str, torch.Tensor], path: str, **metadata) -> None:
     save_file({n: m.contiguous() for n, m in mask.items()}, path,
               metadata={k: json.dumps(v) for k, v in metadata.items()})
+
+
+def cached_mask(path: str | None, compute, is_main_process: bool, **metadata) -> dict[str, torch.Tensor]:
+    """The mask an interrupted run saved at `path`, else compute() saved there (whole or absent; by the main process)."""
+    if path and os.path.isfile(path):
+        return load_mask(path)
+    mask = compute()
+    if path and is_main_process:
+        save_mask(mask, path + ".tmp", **metadata)
+        os.replace(path + ".tmp", path)
+    return mask
 
 
 def load_mask(path: str) -> dict[str, torch.Tensor]:

@@ -75,9 +75,7 @@ class ForgetRetainConfig(SynthesisConfig):
 
     def check(self) -> None:
         super().check()
-        for name in ("forget_prompts", "retain_prompts", "misaligned_prompts"):
-            if not all(p.strip() for p in getattr(self, name)):
-                raise EraseError(f"`{name}` has an empty prompt: give the prompt text, or leave it out for the default")
+        self.require_prompts("forget_prompts", "retain_prompts", "misaligned_prompts")
         self.require_positive("num_images", "saliency_batch_size")
         if self.saliency_guidance_scale is not None and self.saliency_guidance_scale < 0:
             raise EraseError(f"`saliency_guidance_scale` must be 0 or more, got {self.saliency_guidance_scale}")
@@ -226,15 +224,16 @@ def forget_gradient_magnitudes(pipeline, forget: "LatentSet", names: list[str], 
     return {n: sums.pop(n).abs_().float() for n in list(ranked)}  # one float64 sum alive at a time
 
 
-def unlearn(pipeline, forget: "LatentSet", retain: "LatentSet", saliency_mask, config: ForgetRetainConfig, accelerator,
+def unlearn(pipeline, forget: "LatentSet", retain: "LatentSet", trainable: list[str], saliency_mask: dict | None,
+            config: ForgetRetainConfig, accelerator,
             checkpoint_dir: str | None = None, step_callback: Callable[[int, dict], None] | None = None,
             show_progress=True) -> tuple[dict, int, dict]:
     """Masked fine-tuning of pipeline.unet in place; returns the last step's losses, the step it resumed
     from and the optimizer state's size (with what dense Adam over the trained tensors would hold).
 
     Only entries the mask allows move, and only they get optimizer state (MaskedAdam); a soft
-    mask (floats in [0, 1]) scales each entry's update. Where every entry of the trained tensors
-    may move, plain Adam does the same with no positions to hold. The loss is
+    mask (floats in [0, 1]) scales each entry's update. Without a mask every entry of the
+    `trainable` UNet parameters moves, under plain Adam. The loss is
     config.unlearning_objective()'s weighted forget and retain terms.
     """
     import torch
@@ -253,14 +252,11 @@ def unlearn(pipeline, forget: "LatentSet", retain: "LatentSet", saliency_mask, c
     pipeline.text_encoder.to("cpu")  # frozen and no longer needed: keep accelerator memory for training
     pipeline.vae.to("cpu")
 
-    # Only parameters with a salient entry train: the rest get no gradient, no optimizer state.
-    trainable = [n for n, _ in unet.named_parameters() if saliency_mask[n].any()]
     # A frozen target needs the base values of the trained tensors only (taken before a resume loads a checkpoint).
     base_values = (frozen_copy(unet, trainable) if config.misaligned_target == "base" and forget_target == "misaligned"
                    else None)
     parameters = train_only(unet, trainable, config.gradient_checkpointing)
-    dense = all(saliency_mask[n].dtype == torch.bool and bool(saliency_mask[n].all()) for n in trainable)
-    if dense:
+    if saliency_mask is None:
         adam = torch.optim.Adam([parameters[n] for n in trainable], lr=config.learning_rate,
                                 fused=device.type in ("cuda", "cpu"))
     else:
@@ -311,7 +307,7 @@ def unlearn(pipeline, forget: "LatentSet", retain: "LatentSet", saliency_mask, c
         step_callback=step_callback, show_progress=show_progress, description="unlearning")
     freeze(unet)
     dense_bytes = sum(8 * parameters[n].numel() + 4 for n in trainable)
-    state = {"bytes": dense_bytes if dense else adam.state_bytes(), "dense_adam_bytes": dense_bytes}
+    state = {"bytes": dense_bytes if saliency_mask is None else adam.state_bytes(), "dense_adam_bytes": dense_bytes}
     return logs, resumed_from, state
 
 
@@ -329,24 +325,21 @@ def build_sets(pipeline, config: ForgetRetainConfig, accelerator, model_key: str
 
 def erase_pipeline(pipeline, config: SalUnConfig, session) -> tuple[dict, dict]:
     """Data, saliency mask, masked unlearning of `pipeline.unet`; the mask goes to saliency_mask.safetensors."""
-    from .saliency import load_mask, mask_densities, save_mask
+    from .saliency import cached_mask, mask_densities
 
     accelerator, timer = session.accelerator, session.timer
     with timer.phase("data"):
         forget, retain = build_sets(pipeline, config, accelerator, session.model_key, session.show_progress)
     mask_file = os.path.join(session.work_dir, "saliency_mask.safetensors") if session.work_dir else None
     with timer.phase("saliency"):
-        if mask_file and os.path.isfile(mask_file):  # an interrupted run already computed it
-            mask = load_mask(mask_file)
-        else:
-            mask = compute_saliency(pipeline, forget, config, accelerator, session.show_progress)
-            if mask_file and accelerator.is_main_process:
-                save_mask(mask, mask_file + ".tmp", concept=config.concept, ratio=config.mask_ratio, scope=config.scope,
-                          method=config.method)
-                os.replace(mask_file + ".tmp", mask_file)
+        mask = cached_mask(mask_file, lambda: compute_saliency(pipeline, forget, config, accelerator, session.show_progress),
+                           accelerator.is_main_process, concept=config.concept, ratio=config.mask_ratio,
+                           scope=config.scope, method=config.method)
     with timer.phase("unlearning"):
-        logs, resumed_from, optimizer_state = unlearn(pipeline, forget, retain, mask, config, accelerator, session.work_dir,
-                                     session.step_callback, session.show_progress)
+        # only parameters with a salient entry train: the rest get no gradient, no optimizer state
+        trainable = [n for n, _ in pipeline.unet.named_parameters() if mask[n].any()]
+        logs, resumed_from, optimizer_state = unlearn(pipeline, forget, retain, trainable, mask, config, accelerator,
+                                                      session.work_dir, session.step_callback, session.show_progress)
     pipeline.to(accelerator.device)  # unlearn() parked the text encoder and VAE on the CPU
     density, mean_weight, per_layer = mask_densities(mask)
     record = unlearning_record(config, forget, retain, logs, resumed_from, optimizer_state)

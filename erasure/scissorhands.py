@@ -133,7 +133,7 @@ def erase_pipeline(pipeline, config: ScissorHandsConfig, session) -> tuple[dict,
     """Data, connection sensitivity, reset, repair of `pipeline.unet`; the reset entries go to reset_mask.safetensors."""
     import torch
 
-    from .saliency import full_mask, in_scope, load_mask, mask_densities, saliency_mask_from_scores, save_mask
+    from .saliency import cached_mask, full_mask, in_scope, mask_densities, saliency_mask_from_scores
     from .salun import build_sets, unlearn, unlearning_record
 
     accelerator, timer = session.accelerator, session.timer
@@ -142,22 +142,20 @@ def erase_pipeline(pipeline, config: ScissorHandsConfig, session) -> tuple[dict,
         forget, retain = build_sets(pipeline, config, accelerator, session.model_key, session.show_progress)
     mask_file = os.path.join(session.work_dir, "reset_mask.safetensors") if session.work_dir else None
     shapes = [(n, p.shape) for n, p in unet.named_parameters()]
+
+    def most_connected():
+        if config.reset_ratio == 0:
+            return {n: torch.zeros(s, dtype=torch.bool) for n, s in shapes}
+        scores = connection_sensitivity(pipeline, forget, config, accelerator, session.show_progress)
+        return full_mask(shapes, saliency_mask_from_scores(scores, config.reset_ratio))
+
     with timer.phase("sensitivity"):
-        if mask_file and os.path.isfile(mask_file):  # an interrupted run already scored the weights
-            reset_mask = load_mask(mask_file)
-        else:
-            scores = connection_sensitivity(pipeline, forget, config, accelerator, session.show_progress)
-            reset_mask = (full_mask(shapes, saliency_mask_from_scores(scores, config.reset_ratio))
-                          if config.reset_ratio > 0 else {n: torch.zeros(s, dtype=torch.bool) for n, s in shapes})
-            del scores
-            if mask_file and accelerator.is_main_process:
-                save_mask(reset_mask, mask_file + ".tmp", concept=config.concept, ratio=config.reset_ratio,
-                          scope=config.scope, method=config.method)
-                os.replace(mask_file + ".tmp", mask_file)
+        reset_mask = cached_mask(mask_file, most_connected, accelerator.is_main_process, concept=config.concept,
+                                 ratio=config.reset_ratio, scope=config.scope, method=config.method)
         reset_weights(unet, reset_mask, config.reset_init, config.seed)
-    with timer.phase("repair"):
-        trained = {n: torch.full(s, in_scope(n, config.scope), dtype=torch.bool) for n, s in shapes}
-        logs, resumed_from, optimizer_state = unlearn(pipeline, forget, retain, trained, config, accelerator,
+    with timer.phase("repair"):  # dense: every weight of the scope moves
+        trainable = [n for n, _ in shapes if in_scope(n, config.scope)]
+        logs, resumed_from, optimizer_state = unlearn(pipeline, forget, retain, trainable, None, config, accelerator,
                                                       session.work_dir, session.step_callback, session.show_progress)
     pipeline.to(accelerator.device)  # unlearn() parked the text encoder and VAE on the CPU
     reset_share, _, per_layer = mask_densities(reset_mask)
