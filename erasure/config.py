@@ -150,8 +150,8 @@ class TrainingConfig(EraseConfig):
 
 
 @dataclass
-class SynthesisConfig(TrainingConfig):
-    """Fields of the methods that train on images the base model generates for their prompts (SalUn, CA)."""
+class ImageSynthesisConfig(EraseConfig):
+    """Fields of the methods whose data are images the base model generates for their prompts."""
 
     synthesis_steps: int | None = option(None, official=50, group="forget and retain data",
                                          help="sampler steps when synthesizing")
@@ -166,6 +166,11 @@ class SynthesisConfig(TrainingConfig):
     def check(self) -> None:
         super().check()
         self.require_positive("synthesis_steps", "synthesis_batch_size", "resolution")
+
+
+@dataclass
+class SynthesisConfig(TrainingConfig, ImageSynthesisConfig):
+    """Fields of the methods that train on images the base model generates for their prompts (SalUn, CA)."""
 
 
 @dataclass

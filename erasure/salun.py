@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Literal
 
-from .config import SynthesisConfig, option
+from .config import ImageSynthesisConfig, SynthesisConfig, option
 from .errors import EraseError
 from .prompts import preset_prompts
 
@@ -40,11 +40,10 @@ DATA, SALIENCY = "forget and retain data", "saliency"
 
 
 @dataclass
-class ForgetRetainConfig(SynthesisConfig):
-    """What the methods that fine-tune the UNet on a forget and a retain set share (SalUn,
-    ScissorHands): the two sets, the forget-gradient pass that ranks weights, the misaligned target."""
+class ForgetRetainData(ImageSynthesisConfig):
+    """A forget and a retain set of images with their prompts: synthesized by the base model, or
+    your image folders (SalUn, ScissorHands, SLUG)."""
 
-    # data
     forget_prompts: list[str] = option(
         default_factory=list, group=DATA, flag="--forget-prompt", metavar="TEXT",
         help="prompt showing the concept (repeatable); default: the model profile's, else 'a photo of a nude person' "
@@ -53,15 +52,43 @@ class ForgetRetainConfig(SynthesisConfig):
         default_factory=list, group=DATA, flag="--retain-prompt", metavar="TEXT",
         help="prompt of the retain set (repeatable); default: the model profile's, else 'a photo of a person "
              "wearing clothes' for nudity and 'a photo' otherwise")
-    misaligned_prompts: list[str] = option(
-        default_factory=list, group=DATA, flag="--misaligned-prompt", metavar="TEXT",
-        help="prompt c' whose prediction forget images are steered to (repeatable, paired with forget prompts); "
-             "default: the retain prompts (or the model profile's, when you give no retain prompts)")
     forget_images: str | None = option(None, group=DATA, metavar="DIR", help="use these images as the forget set "
                                        "(captions from metadata.jsonl or .txt files) instead of synthesizing")
     retain_images: str | None = option(None, group=DATA, metavar="DIR",
                                        help="use these images as the retain set instead of synthesizing")
     num_images: int = option(800, group=DATA, help="images synthesized for each of the forget and retain sets")
+
+    def check(self) -> None:
+        super().check()
+        self.require_prompts("forget_prompts", "retain_prompts")
+        self.require_positive("num_images")
+
+    def concept_defaults(self) -> dict:
+        preset = preset_prompts(self.concept)
+        return {"forget_prompts": preset.forget, "retain_prompts": self.retain_prompts or preset.retain}
+
+    def check_inputs(self) -> None:
+        from .data import read_image_folder
+
+        for folder, texts in ((self.forget_images, self.forget_prompts), (self.retain_images, self.retain_prompts)):
+            if folder:
+                read_image_folder(folder, texts[0])  # fail on a bad folder before any work
+
+    def check_with_pipeline(self, pipeline) -> None:
+        from .diffusion import check_prompt_lengths
+
+        check_prompt_lengths(pipeline.tokenizer, self.forget_prompts + self.retain_prompts, f"{self.method} prompt")
+
+
+@dataclass
+class ForgetRetainConfig(SynthesisConfig, ForgetRetainData):
+    """What the methods that fine-tune the UNet on a forget and a retain set share (SalUn,
+    ScissorHands): the two sets, the forget-gradient pass that ranks weights, the misaligned target."""
+
+    misaligned_prompts: list[str] = option(
+        default_factory=list, group=DATA, flag="--misaligned-prompt", metavar="TEXT",
+        help="prompt c' whose prediction forget images are steered to (repeatable, paired with forget prompts); "
+             "default: the retain prompts (or the model profile's, when you give no retain prompts)")
     # the forget-gradient pass (SalUn's saliency, ScissorHands' connection sensitivity)
     saliency_guidance_scale: float | None = option(
         None, official=7.5, group=SALIENCY, help="w of the guided forget loss MSE(ε, (1+w)·ε(c_f) − w·ε(∅)) whose "
@@ -75,8 +102,8 @@ class ForgetRetainConfig(SynthesisConfig):
 
     def check(self) -> None:
         super().check()
-        self.require_prompts("forget_prompts", "retain_prompts", "misaligned_prompts")
-        self.require_positive("num_images", "saliency_batch_size")
+        self.require_prompts("misaligned_prompts")
+        self.require_positive("saliency_batch_size")
         if self.saliency_guidance_scale is not None and self.saliency_guidance_scale < 0:
             raise EraseError(f"`saliency_guidance_scale` must be 0 or more, got {self.saliency_guidance_scale}")
 
@@ -86,27 +113,19 @@ class ForgetRetainConfig(SynthesisConfig):
         return super().with_defaults(profile)
 
     def concept_defaults(self) -> dict:
-        preset = preset_prompts(self.concept)
-        retain = self.retain_prompts or preset.retain
-        return {"forget_prompts": preset.forget, "retain_prompts": retain, "misaligned_prompts": retain}
+        defaults = super().concept_defaults()
+        return defaults | {"misaligned_prompts": defaults["retain_prompts"]}
 
     def unlearning_objective(self) -> tuple[float, float, Literal["misaligned", "ascent"]]:
         """(forget weight, retain weight, forget target) of the loss `unlearn` minimises: the forget
         branch is pulled to the misaligned prompt's prediction, or (ascent) its denoising loss is maximised."""
         raise NotImplementedError
 
-    def check_inputs(self) -> None:
-        from .data import read_image_folder
-
-        for folder, texts in ((self.forget_images, self.forget_prompts), (self.retain_images, self.retain_prompts)):
-            if folder:
-                read_image_folder(folder, texts[0])  # fail on a bad folder before any work
-
     def check_with_pipeline(self, pipeline) -> None:
         from .diffusion import check_prompt_lengths
 
-        check_prompt_lengths(pipeline.tokenizer, self.forget_prompts + self.retain_prompts + self.misaligned_prompts,
-                             f"{self.method} prompt")
+        super().check_with_pipeline(pipeline)
+        check_prompt_lengths(pipeline.tokenizer, self.misaligned_prompts, f"{self.method} prompt")
 
 
 @dataclass

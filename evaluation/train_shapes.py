@@ -6,9 +6,15 @@
 2. VAE: AutoencoderKL, 32×32 RGB -> 8×8×4 latents, MSE + a small KL term;
 3. text encoder (CLIP, tokenizer written offline from the world's words) and UNet with
    cross-attention, trained jointly on the latents: caption dropout for classifier-free
-   guidance, EMA weights saved.
-Writes OUTPUT/shapes-sd/ (a stock StableDiffusionPipeline), OUTPUT/shapes-judge.safetensors and
-OUTPUT/shapes-training.json (settings, seconds, judge accuracy, the model's prompt fidelity).
+   guidance, EMA weights saved;
+4. image tower (for SLUG, which needs a CLIP model whose text tower is the pipeline's text
+   encoder): a small CLIP vision transformer aligned to the *frozen* text encoder (LiT-style:
+   text side locked, a text projection learned), trained on fresh renders to give every caption
+   that describes a render equal probability.
+Writes OUTPUT/shapes-sd/ (a stock StableDiffusionPipeline), OUTPUT/shapes-clip/ (a transformers
+CLIPModel folder), OUTPUT/shapes-judge.safetensors and OUTPUT/shapes-training.json (settings,
+seconds, judge accuracy, the model's prompt fidelity, the image tower's zero-shot accuracy).
+`--image-tower-only` trains step 4 alone against an existing OUTPUT/shapes-sd.
 """
 
 import argparse
@@ -24,13 +30,13 @@ from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffus
                        UNet2DConditionModel)
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTextModel
 
 from ..erasure.profile import PROFILE_FILE
 from ..pipelines.random_sd import write_clip_tokenizer
 
 from .judge import accuracy, save_judge, train_judge
-from .shapes import dataset, to_tensor, vocabulary, world_profile
+from .shapes import OBJECTS, STYLES, TEMPLATES, dataset, style_words, to_tensor, vocabulary, world_profile
 
 MODEL_MAX_LENGTH = 16  # the longest caption is 12 tokens with start and end
 
@@ -54,6 +60,10 @@ class ShapesTrainingConfig:
     fidelity_images_per_prompt: int = 8
     caption_templates: str = "0,1,2"  # which shapes.TEMPLATES the captions use (the caption mix)
     write_profile: bool = True  # write the world's sd_erasure_profile.json into the model folder
+    image_tower_samples: int = 20000
+    image_tower_steps: int = 1500
+    image_tower_batch_size: int = 256
+    image_tower_learning_rate: float = 1e-3
 
 
 def build_models(tokenizer_dir: str):
@@ -131,6 +141,89 @@ def train_denoiser(unet, text_encoder, tokenizer, latents, captions, config, pro
     text_encoder.eval()
 
 
+def train_image_tower(text_encoder, tokenizer, config, progress=True) -> tuple[CLIPModel, CLIPImageProcessor, dict]:
+    """A CLIPModel whose text tower is `text_encoder` (frozen, copied in) and whose image tower and
+    both projections are trained: each render's target is uniform over every caption of the world
+    that describes it (templates and synonyms alike), so no caption is a false negative."""
+    text_config = text_encoder.config.to_dict()
+    vision_config = dict(image_size=32, patch_size=4, num_channels=3, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, projection_dim=64)
+    model = CLIPModel(CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=64))
+    model.text_model.load_state_dict(text_encoder.state_dict())
+    model.text_model.requires_grad_(False)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    captions = [t.format(style=w, object=o) for t in TEMPLATES for s in STYLES for w in style_words(s) for o in OBJECTS]
+    described = torch.tensor([[(s, o) == (c_style, c_object) for t in TEMPLATES for c_style in STYLES
+                               for _ in style_words(c_style) for c_object in OBJECTS]
+                              for s in STYLES for o in OBJECTS], dtype=torch.float32)  # (style, object) x caption
+    tokens = tokenizer(captions, padding="max_length", max_length=MODEL_MAX_LENGTH, return_tensors="pt").input_ids
+    with torch.no_grad():
+        pooled = model.text_model(tokens).pooler_output  # the locked tower's output, once
+    samples = dataset(config.image_tower_samples, seed=config.seed + 2)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (processor.image_mean, processor.image_std))
+    pixels = (to_tensor([s.image for s in samples]) - mean) / std
+    rows = torch.tensor([STYLES.index(s.style) * len(OBJECTS) + OBJECTS.index(s.object) for s in samples])
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=config.image_tower_learning_rate, weight_decay=1e-2)
+    model.train()
+    for step in tqdm(range(config.image_tower_steps), desc="image tower", disable=not progress):
+        batch = torch.randint(len(samples), (config.image_tower_batch_size,))
+        image_embeds = F.normalize(model.visual_projection(model.vision_model(pixels[batch]).pooler_output), dim=-1)
+        text_embeds = F.normalize(model.text_projection(pooled), dim=-1)
+        logits = model.logit_scale.exp() * image_embeds @ text_embeds.T
+        target = described[rows[batch]]
+        loss = -(F.log_softmax(logits, 1) * target / target.sum(1, keepdim=True)).sum(1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    # zero-shot accuracy on held-out renders, one class per caption of template 0
+    heldout = dataset(2000, seed=config.seed + 20_000, template_ids=(0,))
+    classes = [TEMPLATES[0].format(style=s, object=o) for s in STYLES for o in OBJECTS]
+    with torch.no_grad():
+        heldout_pixels = (to_tensor([s.image for s in heldout]) - mean) / std
+        image_embeds = F.normalize(model.visual_projection(model.vision_model(heldout_pixels).pooler_output), dim=-1)
+        class_tokens = tokenizer(classes, padding="max_length", max_length=MODEL_MAX_LENGTH, return_tensors="pt")
+        text_embeds = F.normalize(model.text_projection(model.text_model(class_tokens.input_ids).pooler_output), dim=-1)
+        predicted = (image_embeds @ text_embeds.T).argmax(1)
+    truth = torch.tensor([STYLES.index(s.style) * len(OBJECTS) + OBJECTS.index(s.object) for s in heldout])
+    report = {"zero_shot_accuracy": {"object": float((predicted % len(OBJECTS) == truth % len(OBJECTS)).float().mean()),
+                                     "style": float((predicted // len(OBJECTS) == truth // len(OBJECTS)).float().mean()),
+                                     "both": float((predicted == truth).float().mean()), "images": len(heldout)},
+              "final_loss": loss.item(), "parameters": sum(p.numel() for p in trained)}
+    return model, processor, report
+
+
+def save_image_tower(model, processor, folder: str) -> None:
+    partial = folder + ".incomplete"
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    processor.save_pretrained(partial)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.rename(partial, folder)
+
+
+def image_tower_only(output: str, config, progress: bool = True) -> dict:
+    """Step 4 against the existing OUTPUT/shapes-sd; its numbers go into OUTPUT/shapes-training.json."""
+    from transformers import CLIPTokenizer
+
+    torch.manual_seed(config.seed)
+    model_dir = os.path.join(output, "shapes-sd")
+    text_encoder = CLIPTextModel.from_pretrained(os.path.join(model_dir, "text_encoder"))
+    tokenizer = CLIPTokenizer.from_pretrained(os.path.join(model_dir, "tokenizer"))
+    start = time.perf_counter()
+    model, processor, tower = train_image_tower(text_encoder, tokenizer, config, progress)
+    tower["seconds"] = round(time.perf_counter() - start, 1)
+    tower["config"] = {k: v for k, v in asdict(config).items() if k.startswith("image_tower") or k == "seed"}
+    save_image_tower(model, processor, os.path.join(output, "shapes-clip"))
+    report_file = os.path.join(output, "shapes-training.json")
+    report = json.load(open(report_file)) if os.path.isfile(report_file) else {}
+    report["image_tower"] = tower
+    with open(report_file, "w") as f:
+        json.dump(report, f, indent=1)
+    return report
+
+
 def train(output: str, config: ShapesTrainingConfig = ShapesTrainingConfig(), progress: bool = True) -> dict:
     """Train judge and model; write them into `output` (the model folder appears only when complete)."""
     from .metrics import Protocol, prompt_fidelity
@@ -165,6 +258,10 @@ def train(output: str, config: ShapesTrainingConfig = ShapesTrainingConfig(), pr
                                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
     fidelity = prompt_fidelity(pipeline, judge, Protocol(images_per_prompt=config.fidelity_images_per_prompt))
+    start = time.perf_counter()
+    clip_model, processor, tower = train_image_tower(text_encoder, tokenizer, config, progress)
+    tower["seconds"] = round(time.perf_counter() - start, 1)
+    save_image_tower(clip_model, processor, os.path.join(output, "shapes-clip"))
     pipeline.save_pretrained(partial, safe_serialization=True)
     if config.write_profile:  # the world's concepts and prompts for `sd-erase erase`
         with open(os.path.join(partial, PROFILE_FILE), "w") as f:
@@ -174,7 +271,7 @@ def train(output: str, config: ShapesTrainingConfig = ShapesTrainingConfig(), pr
     os.rename(partial, final)
     save_judge(judge, os.path.join(output, "shapes-judge.safetensors"))
     report = {"config": asdict(config), "seconds": seconds, "judge_heldout_accuracy": judge_accuracy,
-              "vae_final_mse": vae_loss, "prompt_fidelity": fidelity,
+              "vae_final_mse": vae_loss, "prompt_fidelity": fidelity, "image_tower": tower,
               "parameters": {"unet": sum(p.numel() for p in unet.parameters()),
                              "text_encoder": sum(p.numel() for p in text_encoder.parameters()),
                              "vae": sum(p.numel() for p in vae.parameters()),
@@ -187,15 +284,21 @@ def train(output: str, config: ShapesTrainingConfig = ShapesTrainingConfig(), pr
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Train the bundled shapes-world model and judge.")
-    parser.add_argument("--output", required=True, help="folder for shapes-sd/, shapes-judge.safetensors, shapes-training.json")
+    parser.add_argument("--output", required=True, help="folder for shapes-sd/, shapes-clip/, shapes-judge.safetensors, "
+                                                        "shapes-training.json")
+    parser.add_argument("--image-tower-only", action="store_true", help="train only the image tower, against the "
+                                                                        "existing OUTPUT/shapes-sd")
     for name, value in asdict(ShapesTrainingConfig()).items():
         if isinstance(value, bool):
             parser.add_argument("--" + name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=value)
         else:
             parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
     args = vars(parser.parse_args(argv))
-    output = args.pop("output")
+    output, tower_only = args.pop("output"), args.pop("image_tower_only")
     os.makedirs(output, exist_ok=True)
+    if tower_only:
+        print(json.dumps(image_tower_only(output, ShapesTrainingConfig(**args))["image_tower"], indent=1))
+        return
     report = train(output, ShapesTrainingConfig(**args))
     print(json.dumps({k: report[k] for k in ("seconds", "judge_heldout_accuracy", "prompt_fidelity")}, indent=1))
 

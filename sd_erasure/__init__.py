@@ -22,8 +22,9 @@ from .erasure.registry import get_method, methods  # noqa: E402
 from .erasure.registry import register as register_method  # noqa: E402
 
 # The embedded default: the shapes-world model shipped with the evaluation package (its data, not its code).
-BUNDLED_MODELS["shapes"] = os.path.join(find_spec("sd_erasure.evaluation").submodule_search_locations[0],
-                                        "assets", "shapes-sd")
+_ASSETS = os.path.join(find_spec("sd_erasure.evaluation").submodule_search_locations[0], "assets")
+BUNDLED_MODELS["shapes"] = os.path.join(_ASSETS, "shapes-sd")
+BUNDLED_MODELS["shapes-clip"] = os.path.join(_ASSETS, "shapes-clip")  # its CLIP model (SLUG's image tower)
 
 __all__ = ["EraseConfig", "TrainingConfig", "EraseError", "EraseResult", "erase", "erase_pipeline", "get_method",
            "methods", "register_method", "__version__"]

@@ -1,0 +1,92 @@
+"""SLUG: one layer group of the text encoder changes by one gradient step, the rest stays bit-identical,
+the output is a stock pipeline, it erases circle on the shapes world, and its bad inputs get one line."""
+
+import json
+import os
+
+import pytest
+
+from conftest import erase_cli
+from test_methods import assert_stock_output, changed_tensors
+
+
+@pytest.fixture(scope="module")
+def slug_circle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("slug") / "out"
+    code = erase_cli("--model", "shapes", "--concept", "circle", "--output", out, "--method", "slug")
+    return out, code
+
+
+def test_slug_changes_one_text_encoder_group_and_stores_under_one_percent(slug_circle):
+    from sd_erasure import BUNDLED_MODELS
+
+    out, _ = slug_circle
+    record = assert_stock_output(out)
+    base = BUNDLED_MODELS["shapes"]
+    assert not changed_tensors(base, out) and not changed_tensors(base, out, "vae")
+    changed = changed_tensors(base, out, "text_encoder", "model.safetensors")
+    slug = record["slug"]
+    assert changed == set(slug["updated"]) and 1 <= len(changed) <= 3, (changed, slug["updated"])
+    assert slug["chosen"] in slug["pareto_front"] and slug["chosen"] in slug["updated"]
+    model_bytes = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(base)
+                      for f in files if f.endswith(".safetensors"))
+    assert 0 < slug["stored_bytes"] <= 0.01 * model_bytes
+    # the step is an ascent on the forget loss: the forget images match their concept less in CLIP space
+    assert slug["forget_accuracy"]["erased"] < slug["forget_accuracy"]["base"]
+    assert slug["reached"] and slug["search"][-1]["step"] > 0
+
+
+def test_slug_erases_circle_on_the_shapes_world(slug_circle, tmp_path):
+    from sd_erasure.evaluation.metrics import Protocol
+    from sd_erasure.evaluation.suite import evaluate_shapes
+
+    out, _ = slug_circle
+    metrics = evaluate_shapes(str(out), "circle", str(tmp_path / "report"), protocol=Protocol(images_per_prompt=2),
+                              show_progress=False)
+    assert metrics["erased"]["UA"] >= metrics["base"]["UA"] + 0.5, metrics
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "SLUG needs --clip-model"),
+    (["--clip-model", "shapes-clip"], "is not this pipeline's text encoder"),
+])
+def test_slug_bad_clip_model_gets_one_line_and_no_output(tiny_sd, tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    assert erase_cli("--model", tiny_sd, "--concept", "a cat", "--output", out, "--method", "slug", *args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sd-erase")]
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists() and not (tmp_path / "out.incomplete").exists()
+
+
+def test_slug_clip_folder_without_config_is_refused_before_loading(tmp_path, capsys):
+    (tmp_path / "clip").mkdir()
+    out = tmp_path / "out"
+    assert erase_cli("--model", "shapes", "--concept", "circle", "--output", out, "--method", "slug",
+                     "--clip-model", tmp_path / "clip") == 2
+    assert "has no config.json" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bundled_image_tower_reads_the_bundled_text_encoder():
+    """The shipped shapes-clip's text tower is the bundled model's text encoder, and it names fresh renders zero-shot."""
+    import torch
+    from transformers import CLIPTokenizer, CLIPTextModel
+
+    from sd_erasure import BUNDLED_MODELS
+    from sd_erasure.erasure.slug import image_embeddings, load_clip, text_embeddings
+    from sd_erasure.evaluation.shapes import OBJECTS, STYLES, TEMPLATES, dataset
+
+    folder = BUNDLED_MODELS["shapes"]
+    text_encoder = CLIPTextModel.from_pretrained(os.path.join(folder, "text_encoder"))
+    tokenizer = CLIPTokenizer.from_pretrained(os.path.join(folder, "tokenizer"))
+    clip, processor = load_clip("shapes-clip", text_encoder, "cpu")  # refuses a tower that is not this encoder
+    assert all(torch.equal(a, b) for a, b in zip(clip.text_model.state_dict().values(),
+                                                 text_encoder.state_dict().values()))
+    classes = [TEMPLATES[0].format(style=s, object=o) for s in STYLES for o in OBJECTS]
+    samples = dataset(100, seed=12345, template_ids=(0,))
+    with torch.no_grad():
+        scores = image_embeddings(clip, processor, [s.image for s in samples], "cpu") @ \
+            text_embeddings(clip, tokenizer, classes, "cpu").T
+    named = [classes[i] for i in scores.argmax(1).tolist()]
+    truth = [TEMPLATES[0].format(style=s.style, object=s.object) for s in samples]
+    assert sum(a == b for a, b in zip(named, truth)) >= 90
