@@ -4,7 +4,7 @@ Adding a method means adding its file beside salun.py (its config dataclass, its
 `erase_pipeline`, a docstring saying where every default comes from) and one line here.
 """
 
-from . import advunlearn, concept_ablation, esd, forget_me_not, salun, scissorhands, slug, uce
+from . import advunlearn, concept_ablation, erasediff, esd, forget_me_not, salun, scissorhands, slug, uce
 from .registry import register
 from .salun_soft import SalUnSoftConfig
 
@@ -28,3 +28,5 @@ register("fmn", forget_me_not.ForgetMeNotConfig, "sd_erasure.erasure.forget_me_n
          title="FMN (Forget-Me-Not: attention re-steering)", citation=forget_me_not.CITATION)
 register("slug", slug.SlugConfig, "sd_erasure.erasure.slug:erase_pipeline",
          title="SLUG (single layer unlearning gradient)", citation=slug.CITATION)
+register("erasediff", erasediff.EraseDiffConfig, "sd_erasure.erasure.erasediff:erase_pipeline",
+         title="EraseDiff (retain loss with the forget objective as a constraint)", citation=erasediff.CITATION)
