@@ -8,7 +8,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-ROWS=(uce salun-256 esd-base advunlearn ca fmn scissorhands attack generate optimizer esd-paper salun-800)
+ROWS=(uce salun-256 esd-base advunlearn ca fmn scissorhands erasediff attack generate optimizer esd-paper salun-800)
 for name in "$@"; do
   [[ " ${ROWS[*]} " == *" $name "* ]] || { echo "unknown row '$name'; rows: ${ROWS[*]}" >&2; exit 2; }
 done
@@ -27,6 +27,7 @@ row advunlearn benchmarks.bench_erase --size sd15 --method advunlearn --mixed-pr
 row ca         benchmarks.bench_erase --size sd15 --method ca --mixed-precision bf16 --synthesis-scheduler dpm --synthesis-steps 20 --synthesis-batch-size 32 --num-images 64   # 100 steps, batch 8
 row fmn        benchmarks.bench_erase --size sd15 --method fmn --mixed-precision bf16 --synthesis-scheduler dpm --synthesis-steps 20 --num-images 10   # official: 35 steps at batch 1
 row scissorhands benchmarks.bench_erase $fast_salun --method scissorhands --num-images 256   # official 250 steps at batch 16
+row erasediff  benchmarks.bench_erase $fast_salun --method erasediff --num-images 256   # nudity: official 160 steps at batch 16, noxattn
 row attack     benchmarks.bench_attack --size sd15 --prompts 2 --steps 200 --check-every 100   # nudity protocol, worst case per prompt
 row generate   benchmarks.bench_generate --size sd15 --prompts 32 --steps 25 --repeats 2   # target: harness >= 0.95 of bare
 row optimizer  benchmarks.bench_optimizer --size sd15
