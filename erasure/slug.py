@@ -111,6 +111,11 @@ def _text_tower_state(module) -> dict:
     return {name.removeprefix("text_model."): tensor for name, tensor in module.state_dict().items()}
 
 
+def _text_tower_parameters(module) -> dict:
+    """The same for its parameters: names that match between a CLIPModel's text tower and a CLIPTextModel."""
+    return {name.removeprefix("text_model."): p for name, p in module.named_parameters()}
+
+
 def load_clip(clip_model: str, text_encoder, device):
     """The CLIP model and its image processor, its text tower holding exactly the pipeline's text
     encoder weights; refused when its own text tower is another model's."""
@@ -138,8 +143,7 @@ def load_clip(clip_model: str, text_encoder, device):
 
 def candidate_weights(clip) -> dict:
     """The text tower's transformer-layer weights SLUG may update, by their name in the text tower."""
-    return {n.removeprefix("text_model."): p for n, p in clip.text_model.named_parameters()
-            if ".layers." in n and n.endswith(".weight")}
+    return {n: p for n, p in _text_tower_parameters(clip.text_model).items() if ".layers." in n and n.endswith(".weight")}
 
 
 def image_embeddings(clip, processor, images: list, device, batch_size: int = 32):
@@ -205,8 +209,9 @@ def choose_layer(weights: dict, forget: dict, retain: dict) -> tuple[list[str], 
     depth = {n: int(n.split(".layers.")[1].split(".")[0]) for n in front}
     deepest = max(depth.values())
     chosen = max((n for n in front if depth[n] == deepest), key=lambda n: scores[n][1])
-    group = next((g for g in GROUPS if any(f".{part}." in chosen for part in g)), ())
-    members = [chosen.replace(next(p for p in group if f".{p}." in chosen), part) for part in group] or [chosen]
+    module = chosen.split(".")[-2]  # e.g. q_proj, fc1, layer_norm1
+    group = next((g for g in GROUPS if module in g), (module,))
+    members = [chosen.replace(f".{module}.", f".{part}.") for part in group]
     return [m for m in members if m in weights], {"scores": scores, "pareto_front": front, "chosen": chosen}
 
 
@@ -246,20 +251,27 @@ def erase_pipeline(pipeline, config: SlugConfig, session) -> tuple[dict, dict]:
         forget_classes = torch.tensor([c in set(config.forget_prompts) for c in classes], device=device)
         own_class = torch.tensor([classes.index(p) if p in classes else -1 for p in sets["retain"][1]], device=device)
         originals = {n: weights[n].detach().clone() for n in group}
-        encoder = {n.removeprefix("text_model."): p for n, p in pipeline.text_encoder.named_parameters()}
+        encoder = _text_tower_parameters(pipeline.text_encoder)
 
-        def take_step(step: float) -> dict:
-            """Set the group to θ + step·g_f in the CLIP text tower and the pipeline; what the search reads there."""
+        def set_step(step: float) -> None:
+            """The group at θ + step·g_f, in the CLIP text tower and in the pipeline."""
             with torch.no_grad():
                 for n in group:
                     weights[n].copy_(originals[n] + step * forget_grads[n])
                     encoder[n].copy_(weights[n].to(encoder[n].device, encoder[n].dtype))
+
+        def take_step(step: float, search: bool = True) -> dict:
+            """Set the step; what the search reads there (`search` False: the CLIP accuracies only)."""
+            set_step(step)
+            with torch.no_grad():
                 texts = text_embeddings(clip, tokenizer, classes, device)
                 forget_best = (embeds["forget"] @ texts.T).argmax(1)
                 retain_best = (embeds["retain"] @ texts.T).argmax(1)
             # shares from integer counts, so that 1 of 10 is exactly 0.1
             result = {"step": step, "forget_accuracy": int(forget_classes[forget_best].sum()) / len(forget_best),
                       "retain_accuracy": int((retain_best == own_class).sum()) / len(retain_best)}
+            if not search:
+                return result
             if config.search_metric == "generated":
                 with torch.no_grad():
                     generated = image_embeddings(clip, processor, generate(pipeline, config, search_prompts, device),
@@ -273,7 +285,7 @@ def erase_pipeline(pipeline, config: SlugConfig, session) -> tuple[dict, dict]:
         search_prompts = [config.forget_prompts[i % len(config.forget_prompts)] for i in range(config.num_images)]
         with torch.no_grad():  # the judge of generated images reads the prompts with the base text tower
             judge_texts = text_embeddings(clip, tokenizer, classes, device)
-        base = take_step(0.0)
+        base = take_step(0.0, search=False)
         start = float(originals[layer["chosen"]].norm() / forget_grads[layer["chosen"]].norm()) / INITIAL_STEP_DIVISOR
         tries, low, high, step = [], 0.0, None, start
         for _ in range(config.search_steps):
@@ -283,7 +295,8 @@ def erase_pipeline(pipeline, config: SlugConfig, session) -> tuple[dict, dict]:
             else:
                 low = step
             step = (low + high) / 2 if high is not None else 2 * step
-        final = take_step(high if high is not None else low)
+        final = next(t for t in tries if t["step"] == (high if high is not None else low))  # measured already
+        set_step(final["step"])
     stored = sum(encoder[n].numel() * encoder[n].element_size() for n in group)
     reached = high is not None
     criterion = (f"CLIP forget accuracy ≤ {config.forget_accuracy:g}"

@@ -152,17 +152,21 @@ def train_image_tower(text_encoder, tokenizer, config, progress=True) -> tuple[C
     model.text_model.load_state_dict(text_encoder.state_dict())
     model.text_model.requires_grad_(False)
     processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    captions = [t.format(style=w, object=o) for t in TEMPLATES for s in STYLES for w in style_words(s) for o in OBJECTS]
-    described = torch.tensor([[(s, o) == (c_style, c_object) for t in TEMPLATES for c_style in STYLES
-                               for _ in style_words(c_style) for c_object in OBJECTS]
-                              for s in STYLES for o in OBJECTS], dtype=torch.float32)  # (style, object) x caption
+    def pair(style, obj):  # index of a (style, object) pair
+        return STYLES.index(style) * len(OBJECTS) + OBJECTS.index(obj)
+
+    captioned = [(t.format(style=w, object=o), pair(s, o))
+                 for t in TEMPLATES for s in STYLES for w in style_words(s) for o in OBJECTS]
+    captions = [caption for caption, _ in captioned]
+    described = torch.zeros(len(STYLES) * len(OBJECTS), len(captions))  # (style, object) x caption
+    described[[p for _, p in captioned], list(range(len(captions)))] = 1.0
     tokens = tokenizer(captions, padding="max_length", max_length=MODEL_MAX_LENGTH, return_tensors="pt").input_ids
     with torch.no_grad():
         pooled = model.text_model(tokens).pooler_output  # the locked tower's output, once
     samples = dataset(config.image_tower_samples, seed=config.seed + 2)
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (processor.image_mean, processor.image_std))
     pixels = (to_tensor([s.image for s in samples]) - mean) / std
-    rows = torch.tensor([STYLES.index(s.style) * len(OBJECTS) + OBJECTS.index(s.object) for s in samples])
+    rows = torch.tensor([pair(s.style, s.object) for s in samples])
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=config.image_tower_learning_rate, weight_decay=1e-2)
     model.train()
@@ -186,7 +190,7 @@ def train_image_tower(text_encoder, tokenizer, config, progress=True) -> tuple[C
         class_tokens = tokenizer(classes, padding="max_length", max_length=MODEL_MAX_LENGTH, return_tensors="pt")
         text_embeds = F.normalize(model.text_projection(model.text_model(class_tokens.input_ids).pooler_output), dim=-1)
         predicted = (image_embeds @ text_embeds.T).argmax(1)
-    truth = torch.tensor([STYLES.index(s.style) * len(OBJECTS) + OBJECTS.index(s.object) for s in heldout])
+    truth = torch.tensor([pair(s.style, s.object) for s in heldout])
     report = {"zero_shot_accuracy": {"object": float((predicted % len(OBJECTS) == truth % len(OBJECTS)).float().mean()),
                                      "style": float((predicted // len(OBJECTS) == truth // len(OBJECTS)).float().mean()),
                                      "both": float((predicted == truth).float().mean()), "images": len(heldout)},
