@@ -240,6 +240,8 @@ def _check_same_settings(path: str, config: EraseConfig, accelerator) -> None:
     if changed:
         raise EraseError(f"the interrupted run in {os.path.dirname(path)} used other settings ({', '.join(changed)}): "
                          "rerun with the same settings, or pass `overwrite` to start again")
+    # every process reads the file before the main one writes it (a half-written file reads as other settings)
+    accelerator.wait_for_everyone()
     if not os.path.isfile(path) and accelerator.is_main_process:
         with open(path, "w") as f:
             json.dump(settings, f, indent=1)
