@@ -8,7 +8,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-ROWS=(uce salun-256 esd-base advunlearn ca fmn scissorhands erasediff attack generate optimizer esd-paper salun-800)
+ROWS=(uce salun-256 esd-base advunlearn ca fmn scissorhands erasediff seot attack generate optimizer esd-paper salun-800)
 for name in "$@"; do
   [[ " ${ROWS[*]} " == *" $name "* ]] || { echo "unknown row '$name'; rows: ${ROWS[*]}" >&2; exit 2; }
 done
@@ -29,6 +29,7 @@ row fmn        benchmarks.bench_erase --size sd15 --method fmn --mixed-precision
 row scissorhands benchmarks.bench_erase $fast_salun --method scissorhands --num-images 256   # official 250 steps at batch 16
 row erasediff  benchmarks.bench_erase $fast_salun --method erasediff --num-images 256   # nudity: official 160 steps at batch 16, noxattn
 row attack     benchmarks.bench_attack --size sd15 --prompts 2 --steps 200 --check-every 100   # nudity protocol, worst case per prompt
+row seot       benchmarks.bench_seot --size sd15 --images 8 --steps 50   # SEOT at inference: SWR, SWR+ITO vs stock
 row generate   benchmarks.bench_generate --size sd15 --prompts 32 --steps 25 --repeats 2   # target: harness >= 0.95 of bare
 row optimizer  benchmarks.bench_optimizer --size sd15
 row esd-paper  benchmarks.bench_erase --size sd15 --method esd --mixed-precision bf16 --steps 20   # paper sampling (current model)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
 
+from ..pipelines.pipeline_seot import suppressed_embeddings, suppression_of
+
 # Samplers by the short names the CLI takes (erasure.config.Sampler); "dpm" (DPM-Solver++ 2M) needs the
 # fewest steps. LMS is left out: diffusers' LMSDiscreteScheduler needs scipy, which is not a dependency.
 SCHEDULERS = {"ddim": DDIMScheduler, "pndm": PNDMScheduler, "euler": EulerDiscreteScheduler,
@@ -39,13 +41,16 @@ def epoch_indices(n: int, count: int, start: int, seed: int, name: str) -> torch
 
 
 @torch.no_grad()
-def encode_prompts(pipeline, prompts: list[str], device) -> dict[str, torch.Tensor]:
-    """Text-encoder hidden states per unique prompt, computed once (the text encoder stays frozen)."""
+def encode_prompts(pipeline, prompts: list[str], device, suppressed: bool = True) -> dict[str, torch.Tensor]:
+    """Text-encoder hidden states per unique prompt, computed once (the text encoder stays frozen);
+    SWR-suppressed where the pipeline suppresses words (SEOT), unless `suppressed` is False."""
     unique = list(dict.fromkeys(prompts))
     tokens = pipeline.tokenizer(unique, padding="max_length", max_length=pipeline.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
     text_encoder = pipeline.text_encoder.to(device)
     hidden = text_encoder(tokens.input_ids.to(device))[0]
+    if suppressed and suppression_of(pipeline):  # an SEOT pipeline conditions on the suppressed embeddings
+        hidden = suppressed_embeddings(pipeline.tokenizer, suppression_of(pipeline), tokens.input_ids, hidden)[0]
     return dict(zip(unique, hidden.float()))
 
 

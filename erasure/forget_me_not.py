@@ -112,36 +112,26 @@ def concept_positions(tokenizer, forget_prompts: list[str], misaligned_prompts: 
 
 
 class ConceptAttentionProbe:
-    """A cross-attention processor that computes the attention probabilities explicitly and keeps
-    their sum of squares at the concept positions (`positions`, bool (batch, keys)), per call."""
+    """Keeps, per cross-attention call, the sum of squared attention probabilities at the concept
+    positions (`positions`, bool (batch, keys)); installed as an ExplicitAttention processor."""
 
     def __init__(self):
         self.positions = None
         self.squares = []
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
+    def observe(self, probs, is_cross: bool) -> None:
         import torch
 
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        if attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
-        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        key, value = attn.head_to_batch_dim(attn.to_k(context)), attn.head_to_batch_dim(attn.to_v(context))
-        mask = attn.prepare_attention_mask(attention_mask, context.shape[1], hidden_states.shape[0])
-        probs = attn.get_attention_scores(query, key, mask)  # (batch·heads, queries, keys), batch-major
-        at_concept = self.positions.repeat_interleave(attn.heads, dim=0)[:, None, :]
+        heads = probs.shape[0] // self.positions.shape[0]
+        at_concept = self.positions.repeat_interleave(heads, dim=0)[:, None, :]
         self.squares.append(torch.where(at_concept, probs, 0).float().pow(2).sum())
-        out = attn.batch_to_head_dim(torch.bmm(probs, value))
-        out = attn.to_out[1](attn.to_out[0](out))
-        if attn.residual_connection:
-            out = out + hidden_states
-        return out / attn.rescale_output_factor
 
 
 def erase_pipeline(pipeline, config: ForgetMeNotConfig, session) -> tuple[dict, dict]:
     import torch
     from diffusers import DDPMScheduler
 
+    from ..pipelines.pipeline_seot import ExplicitAttention
     from .data import training_latents
     from .diffusion import encode_prompts, epoch_indices, noise_batch, stack_embeddings
     from .saliency import in_scope
@@ -163,7 +153,7 @@ def erase_pipeline(pipeline, config: ForgetMeNotConfig, session) -> tuple[dict, 
     probe, own_processors = ConceptAttentionProbe(), unet.attn_processors
     for name, module in unet.named_modules():
         if name.endswith("attn2"):
-            module.set_processor(probe)
+            module.set_processor(ExplicitAttention(probe.observe))
     trainable = [n for n, _ in unet.named_parameters() if in_scope(n, config.scope)]
     parameters = train_only(unet, trainable, config.gradient_checkpointing)
     optimizer = torch.optim.AdamW([parameters[n] for n in trainable], lr=config.learning_rate,

@@ -4,7 +4,7 @@ Adding a method means adding its file beside salun.py (its config dataclass, its
 `erase_pipeline`, a docstring saying where every default comes from) and one line here.
 """
 
-from . import advunlearn, concept_ablation, erasediff, esd, forget_me_not, salun, scissorhands, slug, uce
+from . import advunlearn, concept_ablation, erasediff, esd, forget_me_not, salun, scissorhands, seot, slug, uce
 from .registry import register
 from .salun_soft import SalUnSoftConfig
 
@@ -30,3 +30,5 @@ register("slug", slug.SlugConfig, "sd_erasure.erasure.slug:erase_pipeline",
          title="SLUG (single layer unlearning gradient)", citation=slug.CITATION)
 register("erasediff", erasediff.EraseDiffConfig, "sd_erasure.erasure.erasediff:erase_pipeline",
          title="EraseDiff (retain loss with the forget objective as a constraint)", citation=erasediff.CITATION)
+register("seot", seot.SeotConfig, "sd_erasure.erasure.seot:erase_pipeline",
+         title="SEOT (suppression of the concept's text embeddings at inference)", citation=seot.CITATION)

@@ -1,7 +1,9 @@
 """Loading a base Stable Diffusion pipeline and writing an erased one (the output contract):
-a stock StableDiffusionPipeline folder that carries its base's model profile, if any."""
+a stock StableDiffusionPipeline folder that carries its base's model profile, if any (and, for
+SEOT, its inference settings and pipeline.py)."""
 
 import hashlib
+import json
 import os
 import shutil
 
@@ -24,10 +26,23 @@ def weights_fingerprint(pipeline) -> str:
     return digest.hexdigest()[:32]
 
 
+def suppressing_pipeline(folder: str) -> bool:
+    """Whether `folder` is an SEOT output: its model_index.json names words to suppress at inference."""
+    index = os.path.join(folder, "model_index.json")
+    if not os.path.isfile(index):
+        return False
+    with open(index) as f:
+        return bool(json.load(f).get("suppressed_words"))
+
+
 def load_pipeline(base: BaseModel, allow_pickle: bool = False):
-    """Load the base pipeline in fp32 (the master weights of fine-tuning), safetensors only by default."""
+    """Load the base pipeline in fp32 (the master weights of fine-tuning), safetensors only by default;
+    an SEOT output with this package's StableDiffusionSuppressEOTPipeline (no code from the folder runs)."""
+    pipeline_class = StableDiffusionPipeline
+    if suppressing_pipeline(base.path):
+        from ..pipelines.pipeline_seot import StableDiffusionSuppressEOTPipeline as pipeline_class
     try:
-        return StableDiffusionPipeline.from_pretrained(base.path, use_safetensors=None if allow_pickle else True)
+        return pipeline_class.from_pretrained(base.path, use_safetensors=None if allow_pickle else True)
     except OSError as err:
         raise EraseError(f"could not load {base.name}: {err}".splitlines()[0]) from err
 
@@ -40,11 +55,21 @@ def save_stock_pipeline(pipeline, folder: str, base_folder: str | None = None, *
     vocab.json/merges.txt are copied along so transformers 4 users can load the folder too, and
     so is its model profile: the erased model is still a model of the same kind.
     """
+    from ..pipelines import pipeline_seot
+
     components = {name: getattr(pipeline, name) for name in pipeline.components}
     stock = StableDiffusionPipeline(
         **components, requires_safety_checker=getattr(pipeline.config, "requires_safety_checker", False)
     )
     stock.save_pretrained(folder, **{"safe_serialization": True, **save_kwargs})
+    suppression = pipeline_seot.suppression_of(pipeline)
+    if suppression:  # SEOT: its settings beside the stock ones, and the pipeline applying them
+        index = os.path.join(folder, "model_index.json")
+        with open(index) as f:
+            settings = json.load(f)
+        with open(index, "w") as f:
+            json.dump({**settings, **suppression}, f, indent=2, sort_keys=True)
+        shutil.copyfile(pipeline_seot.__file__, os.path.join(folder, "pipeline.py"))
     if base_folder:
         for name in (os.path.join("tokenizer", "vocab.json"), os.path.join("tokenizer", "merges.txt"), PROFILE_FILE):
             src, dst = os.path.join(base_folder, name), os.path.join(folder, name)

@@ -109,9 +109,10 @@ class SelfCheck:
         return None
 
     @torch.no_grad()
-    def _mean_errors(self, unet, embeddings, latents, prompt_sets: dict[str, list[str]], name: str) -> dict[str, float]:
+    def _mean_errors(self, unet, embeddings_at, latents, prompt_sets: dict[str, list[str]], name: str) -> dict[str, float]:
         """Mean denoising error of `latents` under each set of prompts (one prompt per latent), over
-        the fixed timesteps and noise: every set sees the same noised latents."""
+        the fixed timesteps and noise: every set sees the same noised latents. `embeddings_at(share)`
+        gives the prompt embeddings at a timestep share."""
         T = self.noise_scheduler.config.num_train_timesteps
         totals = dict.fromkeys(prompt_sets, 0.0)
         for start in range(0, len(latents), 8):
@@ -125,19 +126,28 @@ class SelfCheck:
                 target = prediction_target(self.noise_scheduler, batch, noise, t)
                 for key, prompts in prompt_sets.items():
                     with self.autocast():
-                        prediction = unet(noisy, t, stack_embeddings(embeddings, prompts[start:start + 8])).sample
+                        prediction = unet(noisy, t, stack_embeddings(embeddings_at(share), prompts[start:start + 8])).sample
                     totals[key] += float(per_sample_mse(prediction, target).sum())
         return {key: total / len(latents) for key, total in totals.items()}
 
     def errors(self, pipeline) -> dict:
         """The errors of `pipeline` as it is now: prompts are encoded by its own text encoder, which
-        methods such as AdvUnlearn change."""
-        embeddings = encode_prompts(pipeline, self.prompts.concept + self.prompts.anchor + self.prompts.retain + [""],
-                                    self.device)
-        concept = self._mean_errors(pipeline.unet, embeddings, self.concept.latents, {
+        methods such as AdvUnlearn change; an SEOT pipeline's suppressed embeddings where it uses them
+        (below the noise level of its first suppressed sampling step)."""
+        from ..pipelines.pipeline_seot import suppression_of
+
+        prompts = self.prompts.concept + self.prompts.anchor + self.prompts.retain + [""]
+        embeddings = encode_prompts(pipeline, prompts, self.device)
+        suppression = suppression_of(pipeline)
+        if suppression:
+            unsuppressed = encode_prompts(pipeline, prompts, self.device, suppressed=False)
+            embeddings_at = lambda share: unsuppressed if share > 1 - suppression["suppression_start"] else embeddings
+        else:
+            embeddings_at = lambda share: embeddings
+        concept = self._mean_errors(pipeline.unet, embeddings_at, self.concept.latents, {
             "concept_prompt": self.concept.prompts, "anchor_prompt": self.anchors,
             "empty_prompt": [""] * len(self.anchors)}, "concept")
-        return {**concept, **self._mean_errors(pipeline.unet, embeddings, self.retain.latents,
+        return {**concept, **self._mean_errors(pipeline.unet, embeddings_at, self.retain.latents,
                                                {"retain": self.retain.prompts}, "retain")}
 
     def verdict(self, pipeline) -> dict:

@@ -1,6 +1,6 @@
 """The benchmark command keeps working (its numbers are recorded by hand, never asserted)."""
 
-from benchmarks import bench_attack, bench_generate, bench_optimizer
+from benchmarks import bench_attack, bench_generate, bench_optimizer, bench_seot
 from benchmarks.bench_erase import main
 
 
@@ -29,3 +29,5 @@ def test_tiny_optimizer_and_generation_benchmarks_run():
     attack = bench_attack.main(["--size", "tiny", "--prompts", "1", "--steps", "4", "--check-every", "2",
                                 "--num-inference-steps", "2"])
     assert attack["asr"] == 0 and attack["seconds_per_attacked_prompt"] > 0  # noise: the whole attack runs
+    seot = bench_seot.main(["--size", "tiny", "--images", "2", "--steps", "5"])
+    assert set(seot["images_per_s"]) == {"stock", "swr", "swr+ito"} and min(seot["images_per_s"].values()) > 0

@@ -31,10 +31,11 @@ def test_concept_tokens_are_what_the_forget_prompt_has_and_its_pair_lacks(tiny_s
         kept("a photo", "a photo of a dog")
 
 
-def test_attention_probe_leaves_the_prediction_unchanged(tiny_sd):
+def test_explicit_attention_and_the_probe_leave_the_prediction_unchanged(tiny_sd):
     from diffusers import UNet2DConditionModel
 
     from sd_erasure.erasure.forget_me_not import ConceptAttentionProbe
+    from sd_erasure.pipelines.pipeline_seot import ExplicitAttention
 
     unet = UNet2DConditionModel.from_pretrained(tiny_sd, subfolder="unet").eval()
     generator = torch.Generator().manual_seed(0)
@@ -48,7 +49,9 @@ def test_attention_probe_leaves_the_prediction_unchanged(tiny_sd):
         probe.positions[0, 3] = True
         for name, module in unet.named_modules():
             if name.endswith("attn2"):
-                module.set_processor(probe)
+                module.set_processor(ExplicitAttention(probe.observe))
+            elif name.endswith("attn1"):  # SEOT records self-attention with the same processor
+                module.set_processor(ExplicitAttention(lambda probs, is_cross: None))
         got = unet(latents, t, context).sample
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     assert len(probe.squares) == sum(name.endswith("attn2") for name, _ in unet.named_modules())

@@ -76,9 +76,11 @@ def test_training_recipe_runs_at_a_toy_step_count(tmp_path):
     from sd_erasure.evaluation.train_shapes import ShapesTrainingConfig, train
 
     config = ShapesTrainingConfig(num_images=128, judge_samples=512, judge_epochs=1, vae_steps=2, vae_batch_size=8,
-                                  unet_steps=2, unet_batch_size=8, warmup_steps=1, fidelity_images_per_prompt=1)
+                                  unet_steps=2, unet_batch_size=8, warmup_steps=1, fidelity_images_per_prompt=1,
+                                  image_tower_samples=256, image_tower_steps=2, image_tower_batch_size=32)
     report = train(str(tmp_path), config, progress=False)
     assert set(report["seconds"]) == {"judge", "vae", "text_encoder_unet"}
+    assert (tmp_path / "shapes-clip" / "config.json").is_file() and report["image_tower"]
     assert 0 <= report["prompt_fidelity"]["both"] <= 1
     pipeline = DiffusionPipeline.from_pretrained(str(tmp_path / "shapes-sd"))
     assert pipeline.unet.config.cross_attention_dim == 64
