@@ -152,7 +152,7 @@ def cmd_erase(args) -> int:
         print(f"pushed: {push(result.output_dir, push_to, private=private, license=license)}")
     from .self_check import EXIT_NOT_ERASED, describe
 
-    print(EraseError(describe(result.record["self_check"])).with_flags(flags()))
+    print(EraseError(describe(result.record["self_check"], config)).with_flags(flags()))
     return EXIT_NOT_ERASED if result.erased is False else 0
 
 

@@ -46,6 +46,9 @@ class EraseConfig:
     registered in erasure/methods.py, which sets `method` to its registered name."""
 
     method: ClassVar[str] = ""
+    # what the self-check's line advises when the concept remains, or the rest of the model moved
+    STRONGER: ClassVar[str] = ""
+    GENTLER: ClassVar[str] = ""
     # where the result goes and how the run is driven; they do not change the result
     RUN_CONTROL: ClassVar[frozenset] = frozenset({"output_dir", "overwrite", "cache_dir"})
 
@@ -112,6 +115,8 @@ class EraseConfig:
 class TrainingConfig(EraseConfig):
     """Fields of the methods that fine-tune: optimisation, checkpoints and logging."""
 
+    STRONGER: ClassVar[str] = "raise `learning_rate` or `steps`, or use `until_erased`"
+    GENTLER: ClassVar[str] = "lower `learning_rate`"
     RUN_CONTROL: ClassVar[frozenset] = EraseConfig.RUN_CONTROL | {
         "resume_from_checkpoint", "report_to", "checkpointing_steps", "checkpoints_total_limit"}
 

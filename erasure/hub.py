@@ -142,7 +142,7 @@ def build_model_card(folder: str, repo_id: str, license: str | None = None, metr
                  for key, label, _ in METRIC_ROWS] if metrics else None,
         metrics_protocol=", ".join(f"{k} {v}" for k, v in metrics["protocol"].items()) + f" ({metrics['suite']} suite)"
         if metrics else None,
-        self_check=describe(record["self_check"], advice=False) if "self_check" in record else None,
+        self_check=describe(record["self_check"]) if "self_check" in record else None,
         robustness=_robustness(attack) if attack else None, citation=registered.citation if registered else "",
         text_encoder_changed=record.get("changed", {}).get("text_encoder", {}).get("entries", 0) > 0,
         custom_pipeline=os.path.isfile(os.path.join(folder, "pipeline.py")),

@@ -116,7 +116,7 @@ def _until_erased(method, pipeline, config, check, session: Session) -> tuple[di
                 verdict = broadcast_object_list([verdict])[0]
             accelerator.print(f"round {k + 1}/{config.max_rounds}: learning rate {round_config.learning_rate:g}"
                               + "".join(f", {n} {v}" for n, v in changed.items() if n != "learning_rate")
-                              + f": {describe(verdict, advice=False)}")
+                              + f": {describe(verdict)}")
         rounds.append({"round": k + 1, "learning_rate": round_config.learning_rate,
                        "settings": changed,
                        "self_check": {key: verdict[key] for key in ("erased", "margin_remaining", "retain_drift",

@@ -169,11 +169,13 @@ class SelfCheck:
         }
 
 
-def describe(check: dict, advice: bool = True) -> str:
-    """One line for the user: erased or not, the margin, the retain drift, and (with `advice`) what to do."""
+def describe(check: dict, config=None) -> str:
+    """One line for the user: erased or not, the margin, the retain drift, and (given the method's
+    `config`) what to do."""
+    stronger, gentler = (config.STRONGER, config.GENTLER) if config is not None else ("", "")
     drift = f"retain loss {check['retain_drift']:+.0%}"
     if not check["retain_kept"]:
-        drift += f" (over the {RETAIN_BUDGET:.0%} budget" + (": lower `learning_rate`)" if advice else ")")
+        drift += f" (over the {RETAIN_BUDGET:.0%} budget" + (f": {gentler})" if gentler else ")")
     if check["margin_remaining"] is None and check.get("unknown_words"):
         return f"not checked: {_unknown_words_note(check['unknown_words'])}; {drift}"
     if check["margin_remaining"] is None:
@@ -182,8 +184,7 @@ def describe(check: dict, advice: bool = True) -> str:
              f"({check['margin_remaining']:.0%} remains)"
     if check["erased"]:
         return f"erased: {margin}, {drift}"
-    return f"NOT erased: {margin}, {drift}" + (" — raise `learning_rate` or `steps`, or use `until_erased`"
-                                               if advice else "")
+    return f"NOT erased: {margin}, {drift}" + (f" — {stronger}" if stronger else "")
 
 
 def _unknown_words_note(words: list[str]) -> str:

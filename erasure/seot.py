@@ -27,6 +27,7 @@ image being sampled, so the verdict is about SWR alone.
 
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .config import EraseConfig, option
 from .errors import EraseError, shorten
@@ -44,6 +45,8 @@ SEOT = "SEOT"
 @dataclass
 class SeotConfig(EraseConfig):
     """SEOT's settings; each field's help says where its default comes from."""
+
+    STRONGER: ClassVar[str] = "list the concept's other word forms in `suppressed_words`, or lower `suppression_start`"
 
     suppressed_words: list[str] = option(default_factory=list, group=SEOT, flag="--suppress-word", metavar="TEXT",
                                          help="word (or words) whose embeddings are suppressed wherever a prompt "

@@ -35,7 +35,7 @@ MB) beside the base model.
 
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from .config import option
 from .errors import EraseError, shorten
@@ -55,6 +55,9 @@ GROUPS = (("q_proj", "k_proj", "v_proj"), ("fc1", "fc2"))  # weights updated tog
 @dataclass
 class SlugConfig(ForgetRetainData):
     """SLUG's settings; each field's help says where its default comes from."""
+
+    STRONGER: ClassVar[str] = "lower `forget_accuracy` (a larger step)"
+    GENTLER: ClassVar[str] = "raise `forget_accuracy` (a smaller step)"
 
     num_images: int | None = option(None, official=10, group=DATA,
                                     help="images synthesized for each of the forget and retain sets")

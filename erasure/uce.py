@@ -19,7 +19,7 @@ Defaults follow the official code: λ = 0.5, scales 1, guide '' (the empty promp
 """
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from .config import EraseConfig, option
 from .errors import EraseError, shorten
@@ -41,6 +41,9 @@ def edited(name: str) -> bool:
 @dataclass
 class UceConfig(EraseConfig):
     """UCE's settings; each field's help says where its default comes from."""
+
+    STRONGER: ClassVar[str] = "raise `erase_scale`, or try `edit_tokens` to-end"
+    GENTLER: ClassVar[str] = "add `preserve_concepts`, or raise `regularization`"
 
     erase_concepts: list[str] = option(default_factory=list, group=UCE, flag="--erase-concept", metavar="TEXT",
                                        help="concept text to erase (repeatable); default: the model profile's, "
