@@ -31,12 +31,14 @@ from dataclasses import dataclass, replace
 import torch
 from diffusers import DDPMScheduler
 
+from ..pipelines.pipeline_seot import suppression_of
 from .data import data_resolution, synthesize_latents
 from .diffusion import encode_prompts, per_sample_mse, prediction_target, seeded_generator, stack_embeddings
 from .prompts import preset_prompts
 
 MAX_REMAINING = 0.5  # erased when at most this share of the base model's concept margin remains
 MIN_BASE_MARGIN = 0.01  # below this share of the anchor's error the base model does not tie prompt and concept
+MIN_LEVEL_SHARE = 0.05  # a timestep whose base margin is below this share of the whole says little on its own
 RETAIN_BUDGET = 0.10  # retain drift within which the rest of the model counts as kept
 IMAGES = 16  # held-out images of the concept, and as many of the retain prompts
 TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)  # shares of the training schedule at which every image is noised
@@ -109,15 +111,16 @@ class SelfCheck:
         return None
 
     @torch.no_grad()
-    def _mean_errors(self, unet, embeddings_at, latents, prompt_sets: dict[str, list[str]], name: str) -> dict[str, float]:
-        """Mean denoising error of `latents` under each set of prompts (one prompt per latent), over
-        the fixed timesteps and noise: every set sees the same noised latents. `embeddings_at(share)`
-        gives the prompt embeddings at a timestep share."""
+    def _mean_errors(self, unet, embeddings_at, latents, prompt_sets: dict[str, list[str]],
+                     name: str) -> dict[str, list[float]]:
+        """Mean denoising error of `latents` under each set of prompts (one prompt per latent), at each
+        of the fixed timesteps, with fixed noise: every set sees the same noised latents.
+        `embeddings_at(share)` gives the prompt embeddings at a timestep share."""
         T = self.noise_scheduler.config.num_train_timesteps
-        totals = dict.fromkeys(prompt_sets, 0.0)
+        totals = {key: [0.0] * len(TIMESTEPS) for key in prompt_sets}
         for start in range(0, len(latents), 8):
             batch = latents[start:start + 8].to(self.device)
-            for share in TIMESTEPS:
+            for level, share in enumerate(TIMESTEPS):
                 t = torch.full((len(batch),), int(share * T), dtype=torch.long, device=self.device)
                 noise = torch.stack([torch.randn(batch.shape[1:], generator=seeded_generator(self.seed, "self-check",
                                                                                             name, start + i, share))
@@ -127,15 +130,13 @@ class SelfCheck:
                 for key, prompts in prompt_sets.items():
                     with self.autocast():
                         prediction = unet(noisy, t, stack_embeddings(embeddings_at(share), prompts[start:start + 8])).sample
-                    totals[key] += float(per_sample_mse(prediction, target).sum())
-        return {key: total / len(latents) for key, total in totals.items()}
+                    totals[key][level] += float(per_sample_mse(prediction, target).sum())
+        return {key: [total / len(latents) for total in level_totals] for key, level_totals in totals.items()}
 
     def errors(self, pipeline) -> dict:
         """The errors of `pipeline` as it is now: prompts are encoded by its own text encoder, which
         methods such as AdvUnlearn change; an SEOT pipeline's suppressed embeddings where it uses them
         (below the noise level of its first suppressed sampling step)."""
-        from ..pipelines.pipeline_seot import suppression_of
-
         prompts = self.prompts.concept + self.prompts.anchor + self.prompts.retain + [""]
         embeddings = encode_prompts(pipeline, prompts, self.device)
         suppression = suppression_of(pipeline)
@@ -144,11 +145,24 @@ class SelfCheck:
             embeddings_at = lambda share: unsuppressed if share > 1 - suppression["suppression_start"] else embeddings
         else:
             embeddings_at = lambda share: embeddings
-        concept = self._mean_errors(pipeline.unet, embeddings_at, self.concept.latents, {
+        by_level = {**self._mean_errors(pipeline.unet, embeddings_at, self.concept.latents, {
             "concept_prompt": self.concept.prompts, "anchor_prompt": self.anchors,
-            "empty_prompt": [""] * len(self.anchors)}, "concept")
-        return {**concept, **self._mean_errors(pipeline.unet, embeddings_at, self.retain.latents,
-                                               {"retain": self.retain.prompts}, "retain")}
+            "empty_prompt": [""] * len(self.anchors)}, "concept"),
+            **self._mean_errors(pipeline.unet, embeddings_at, self.retain.latents, {"retain": self.retain.prompts},
+                                "retain")}
+        return {**{key: sum(levels) for key, levels in by_level.items()}, "by_level": by_level}
+
+    def remaining_by_level(self, erased: dict) -> list[float | None]:
+        """The share of the base margin the erased model keeps at each timestep (None where the base
+        model's margin there is below MIN_LEVEL_SHARE of its margin over all of them)."""
+        base, now = self.base["by_level"], erased["by_level"]
+        remaining = []
+        for k in range(len(TIMESTEPS)):
+            anchor_gain = base["empty_prompt"][k] - base["anchor_prompt"][k]
+            base_margin = base["empty_prompt"][k] - base["concept_prompt"][k] - anchor_gain
+            margin = now["empty_prompt"][k] - now["concept_prompt"][k] - anchor_gain
+            remaining.append(margin / base_margin if base_margin >= MIN_LEVEL_SHARE * self.base_margin else None)
+        return remaining
 
     def verdict(self, pipeline) -> dict:
         """The record of the check on `pipeline` as it is now (erasure.json's `self_check`)."""
@@ -156,12 +170,21 @@ class SelfCheck:
         margins = {"base": self.base_margin,
                    "erased": erased["empty_prompt"] - erased["concept_prompt"] - self.anchor_gain}
         remaining = None if self.cannot_tell() else margins["erased"] / margins["base"]
+        by_level, worst_level = self.remaining_by_level(erased), None
+        if remaining is not None and suppression_of(pipeline):
+            # conditioning that changes along the sampling steps (SEOT): a noise level where the concept
+            # keeps its margin lets the image form it, so the worst level decides
+            worst = max((r, share) for r, share in zip(by_level, TIMESTEPS) if r is not None)
+            if worst[0] > remaining:
+                remaining, worst_level = worst
         drift = erased["retain"] / self.base["retain"] - 1
         return {
             "erased": remaining is not None and remaining <= MAX_REMAINING,
-            "concept_margin": margins, "margin_remaining": remaining,
+            "concept_margin": margins, "margin_remaining": remaining, "margin_remaining_by_level": by_level,
+            "worst_level": worst_level,
             "retain_drift": drift, "retain_kept": drift <= RETAIN_BUDGET,
             "thresholds": {"max_margin_remaining": MAX_REMAINING, "min_base_margin": MIN_BASE_MARGIN,
+                           "min_level_share": MIN_LEVEL_SHARE,
                            "retain_budget": RETAIN_BUDGET},
             "errors": {"base": self.base, "erased": erased}, "unknown_words": self.unknown,
             "data": {"images": IMAGES, "timesteps": list(TIMESTEPS), "concept_prompts": self.prompts.concept[:8],
@@ -181,7 +204,8 @@ def describe(check: dict, config=None) -> str:
     if check["margin_remaining"] is None:
         return f"not checked: {_untied_note(check['concept_margin']['base'])}; {drift}"
     margin = f"concept margin {check['concept_margin']['base']:.3g} → {check['concept_margin']['erased']:.3g} " \
-             f"({check['margin_remaining']:.0%} remains)"
+             f"({check['margin_remaining']:.0%} remains" \
+             + (f" at noise level {check['worst_level']:g}, the worst)" if check.get("worst_level") else ")")
     if check["erased"]:
         return f"erased: {margin}, {drift}"
     return f"NOT erased: {margin}, {drift}" + (f" — {stronger}" if stronger else "")

@@ -70,7 +70,7 @@ def test_seot_suppresses_only_prompts_naming_the_concept_and_only_with_its_pipel
     assert abs(draw(custom, named) - draw(plain, named)).mean() > 0.02
 
 
-def test_seot_erases_circle_on_the_shapes_world_and_its_self_check_says_so(seot_output, tmp_path):
+def test_seot_suppresses_circle_on_the_shapes_world_and_its_self_check_reads_the_worst_level(seot_output, tmp_path):
     from sd_erasure.erasure.self_check import EXIT_NOT_ERASED
     from sd_erasure.evaluation.metrics import Protocol
     from sd_erasure.evaluation.suite import evaluate_shapes
@@ -84,6 +84,8 @@ def test_seot_erases_circle_on_the_shapes_world_and_its_self_check_says_so(seot_
     check = json.loads((out / "erasure.json").read_text())["self_check"]
     assert code == (0 if check["erased"] else EXIT_NOT_ERASED), (code, check)
     assert check["retain_drift"] == 0  # the retain prompts do not name the concept
+    if erased["UA"] < 0.5:  # the worst noise level decides for a pipeline that suppresses along the steps
+        assert check["erased"] is False and check["worst_level"] is not None, (check, metrics)
 
 
 def test_seot_card_says_how_to_load_it_and_what_plain_loading_gives(seot_output):
