@@ -65,11 +65,19 @@ class EraseConfig:
                                             "(runs code: trusted sources only)")
     cache_dir: str | None = option(None, help="where synthesized/encoded latents are cached "
                                               "(default: $SD_ERASURE_CACHE or ~/.cache/sd-erasure)")
+    output_format: Literal["pipeline", "lora", "both"] = option(
+        "pipeline", group="model", help="what OUT holds: the erased pipeline, the erasure as a LoRA that "
+                                        "pipe.load_lora_weights(OUT) loads onto the base model, or both")
+    lora_rank: int | None = option(None, group="model", help="with --output-format lora|both: the adapter's rank "
+                                                            "per layer (default: each delta's own rank, exact)")
 
     def check(self) -> None:
         """Reject impossible settings with one line that says what to do instead (cheap: no torch)."""
         check_concept(self.concept)
         check_choices(self)
+        self.require_positive("lora_rank")
+        if self.lora_rank is not None and self.output_format == "pipeline":
+            raise EraseError("`lora_rank` sets the adapter's rank: add `output_format` lora or both")
 
     def require_positive(self, *names: str) -> None:
         for name in names:

@@ -53,6 +53,10 @@ def require_token() -> str:
 def read_erase_output(folder: str) -> dict:
     """The erasure.json of an erase output folder; refuses anything else."""
     record_file, index_file = os.path.join(folder, "erasure.json"), os.path.join(folder, "model_index.json")
+    if os.path.isfile(record_file) and not os.path.isfile(index_file) \
+            and os.path.isfile(os.path.join(folder, "pytorch_lora_weights.safetensors")):
+        raise EraseError(f"{folder} holds a LoRA without a pipeline, which cannot be pushed yet: erase with "
+                         "--output-format both and push that")
     if not os.path.isfile(record_file) or not os.path.isfile(index_file):
         raise EraseError(f"{folder} is not an sd-erase output (it needs erasure.json and model_index.json): "
                          "push the --output folder of `sd-erase erase`")

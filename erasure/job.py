@@ -195,6 +195,7 @@ def erase(config: EraseConfig, step_callback=None, show_progress=True) -> EraseR
     base = resolve_model(config.model, config.revision, config.allow_pickle)
     config, sources = with_model_defaults(config, base)
     # Everything that can be checked cheaply has been: from here on torch loads and the model with it.
+    from .lora_export import save_lora
     from .model_io import changed_weights, load_pipeline, save_stock_pipeline
     from .training import checkpoints
 
@@ -219,7 +220,11 @@ def erase(config: EraseConfig, step_callback=None, show_progress=True) -> EraseR
     record = None
     if accelerator.is_main_process:
         with session.timer.phase("save"):
-            save_stock_pipeline(pipeline, output.partial, base_folder=base.path)
+            if config.output_format != "pipeline":
+                method_record["lora"] = save_lora(pipeline, base.path, output.partial, config.lora_rank)
+                _warn_not_in_adapter(method_record["lora"], accelerator)
+            if config.output_format != "lora":
+                save_stock_pipeline(pipeline, output.partial, base_folder=base.path)
         record = _record(config, base, sources, {**method_record, "changed": changed_weights(pipeline, base.path)},
                          session)
         with open(os.path.join(output.partial, "erasure.json"), "w") as f:
@@ -231,6 +236,13 @@ def erase(config: EraseConfig, step_callback=None, show_progress=True) -> EraseR
         accelerator.print(f"wrote {output.path} ({config.method}, concept {shorten(config.concept)})")
     accelerator.end_training()
     return EraseResult(output.path, record, artifacts)
+
+
+def _warn_not_in_adapter(lora: dict, accelerator) -> None:
+    left_out = lora["not_in_adapter"]
+    if left_out:
+        accelerator.print(f"warning: the LoRA leaves out {len(left_out)} changed tensors a LoRA cannot hold (biases, "
+                          f"norms, embeddings; e.g. {left_out[0]}): use --output-format both for the whole erasure")
 
 
 def _check_same_settings(path: str, config: EraseConfig, accelerator) -> None:

@@ -68,6 +68,8 @@ class SeotConfig(EraseConfig):
 
     def check(self) -> None:
         super().check()
+        if self.output_format != "pipeline":
+            raise EraseError("SEOT changes no weight, so there is no LoRA to write: use `output_format` pipeline")
         self.require_positive("suppression_alpha", "optimization_scale")
         for name in ("suppression_start", "optimization_end"):
             if not 0 <= getattr(self, name) <= 1:

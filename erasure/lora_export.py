@@ -1,0 +1,79 @@
+"""Any erasure as a LoRA: the difference between the erased and the base weights, factored per
+layer, in the file `pipe.load_lora_weights(OUT)` loads (diffusers' peft layout, written by
+diffusers' own `save_lora_weights`).
+
+Each changed Linear or Conv2d weight ΔW (out × in·k·k) becomes B·A by SVD in float64: exact at the
+delta's numerical rank (singular values above EXACT_TOLERANCE of the largest; UCE's delta has rank
+at most the number of its edited text positions), or truncated to `lora_rank`, the relative error
+‖ΔW − B·A‖/‖ΔW‖ recorded per layer. A LoRA cannot hold a changed bias, norm or embedding: those
+are listed under `not_in_adapter`, and a user who needs them takes the pipeline output. A layer
+whose exact rank is close to full costs more as two factors than dense (r·(out + in) > out·in);
+the record says how many bytes the adapter takes against the changed tensors stored densely.
+"""
+
+import os
+
+import torch
+
+LORA_FILE = "pytorch_lora_weights.safetensors"  # the name load_lora_weights looks for
+EXACT_TOLERANCE = 1e-6  # singular values below this share of the largest are float32 rounding of the edit
+
+
+def lora_factors(delta: torch.Tensor, rank: int | None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(lora_A, lora_B, relative error) of a Linear (out, in) or Conv2d (out, in, k, k) weight delta."""
+    matrix = delta.reshape(delta.shape[0], -1).double()
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    exact = max(1, int((s > s[0] * EXACT_TOLERANCE).sum()))
+    r = exact if rank is None else min(rank, exact)
+    b, a = u[:, :r] * s[:r], vh[:r]
+    error = float(torch.linalg.norm(matrix - b @ a) / torch.linalg.norm(matrix))
+    if delta.dim() == 4:  # conv: A is the k×k conv into r channels, B the 1×1 conv out of them
+        a, b = a.reshape(r, *delta.shape[1:]), b.reshape(delta.shape[0], r, 1, 1)
+    return a.to(delta.dtype).contiguous(), b.to(delta.dtype).contiguous(), error
+
+
+def erased_delta_as_lora(pipeline, base_path: str, rank: int | None = None) -> tuple[dict, dict]:
+    """Per component ("unet", "text_encoder"), the LoRA state dict of what changed from the base
+    model's safetensors files; and the record: rank and error per layer, sizes, what a LoRA cannot hold."""
+    from safetensors import safe_open
+
+    layers, record = {}, {"rank": rank, "layers": {}, "not_in_adapter": [], "adapter_bytes": 0, "dense_bytes": 0}
+    for component in ("unet", "text_encoder"):
+        folder, model = os.path.join(base_path, component), getattr(pipeline, component)
+        files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors") and f.count(".") == 1) \
+            if os.path.isdir(folder) else []
+        state, lora = model.state_dict(), {}
+        for file in files:
+            with safe_open(os.path.join(folder, file), framework="pt") as f:
+                for name in f.keys():
+                    if name not in state:
+                        continue
+                    delta = state[name].detach().cpu().float() - f.get_tensor(name).float()
+                    if not delta.any():
+                        continue
+                    module_name, _, kind = name.rpartition(".")
+                    module = model.get_submodule(module_name)
+                    if kind != "weight" or not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                        record["not_in_adapter"].append(f"{component}.{name}")
+                        continue
+                    a, b, error = lora_factors(delta, rank)
+                    lora[f"{module_name}.lora_A.weight"], lora[f"{module_name}.lora_B.weight"] = a, b
+                    record["layers"][f"{component}.{module_name}"] = {"rank": a.shape[0], "relative_error": error}
+                    record["adapter_bytes"] += (a.numel() + b.numel()) * a.element_size()
+                    record["dense_bytes"] += delta.numel() * delta.element_size()
+        if lora:
+            layers[component] = lora
+    errors = [layer["relative_error"] for layer in record["layers"].values()]
+    record["max_relative_error"] = max(errors, default=0.0)
+    return layers, record
+
+
+def save_lora(pipeline, base_path: str, folder: str, rank: int | None = None) -> dict:
+    """Write `folder`/pytorch_lora_weights.safetensors for the erasure held by `pipeline`; its record."""
+    from diffusers import StableDiffusionPipeline
+
+    layers, record = erased_delta_as_lora(pipeline, base_path, rank)
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers.get("unet"),
+                                              text_encoder_lora_layers=layers.get("text_encoder"))
+    record["file"] = LORA_FILE
+    return record

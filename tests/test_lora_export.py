@@ -1,0 +1,64 @@
+"""--output-format lora|both: the erasure as a LoRA that plain diffusers' load_lora_weights takes."""
+
+import json
+
+import pytest
+import torch
+
+from sd_erasure import EraseError
+
+from conftest import FAST, erase_cli, unet_weights
+
+
+def fused(base_folder, lora_folder):
+    """The base pipeline with the LoRA loaded and fused, as a user of plain diffusers would do it."""
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline.from_pretrained(str(base_folder))
+    pipeline.load_lora_weights(str(lora_folder))
+    pipeline.fuse_lora()
+    pipeline.unload_lora_weights()
+    return pipeline
+
+
+def test_uce_lora_reproduces_the_erased_weights_exactly_at_a_fraction_of_their_size(tiny_sd, tmp_path):
+    out = tmp_path / "uce"
+    assert erase_cli("--model", tiny_sd, "--concept", "a cat", "--output", out, "--method", "uce",
+                     "--output-format", "both") == 0
+    record = json.loads((out / "erasure.json").read_text())["lora"]
+    assert (out / "model_index.json").is_file() and (out / record["file"]).is_file()
+    assert {layer["rank"] for layer in record["layers"].values()} == {1}  # one concept: a rank-1 edit per layer
+    assert record["adapter_bytes"] < record["dense_bytes"] / 5 and not record["not_in_adapter"]
+    erased, lora = unet_weights(out), fused(tiny_sd, out).unet.state_dict()
+    assert max(float((lora[k] - erased[k]).abs().max()) for k in erased) <= 1e-5
+
+
+def test_lora_only_output_holds_the_adapter_and_says_what_a_lora_cannot_hold(tiny_sd, tmp_path):
+    out = tmp_path / "salun"
+    assert erase_cli("--model", tiny_sd, "--concept", "nudity", "--output", out, "--output-format", "lora",
+                     "--lora-rank", "4", *FAST) == 0
+    assert not (out / "model_index.json").exists() and not (out / "unet").exists()
+    record = json.loads((out / "erasure.json").read_text())
+    lora = record["lora"]
+    assert lora["rank"] == 4 and max(layer["rank"] for layer in lora["layers"].values()) == 4
+    assert all(0 <= layer["relative_error"] < 1 for layer in lora["layers"].values())
+    assert lora["not_in_adapter"] and all(not name.endswith("weight") or "norm" in name
+                                          for name in lora["not_in_adapter"])  # biases and norms
+    base = unet_weights(tiny_sd)
+    moved = fused(tiny_sd, out).unet.state_dict()
+    in_adapter = {name.removeprefix("unet.") + ".weight" for name in lora["layers"]}
+    assert all(not torch.equal(moved[k], base[k]) for k in in_adapter)
+    assert all(torch.equal(moved[k], base[k]) for k in base if k not in in_adapter)  # nothing else moves
+    from sd_erasure.erasure.hub import read_erase_output
+
+    with pytest.raises(EraseError, match="holds a LoRA without a pipeline, which cannot be pushed yet"):
+        read_erase_output(str(out))
+
+
+def test_lora_options_without_a_lora_or_without_weights_get_one_line(tiny_sd, tmp_path, capsys):
+    for args, message in ((["--lora-rank", "4"], "--lora-rank sets the adapter's rank: add --output-format"),
+                          (["--method", "seot", "--output-format", "lora"], "SEOT changes no weight")):
+        assert erase_cli("--model", tiny_sd, "--concept", "a cat", "--output", tmp_path / "out", *args) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sd-erase")]
+        assert len(err) == 1 and message in err[0], err
+        assert not (tmp_path / "out").exists()
