@@ -219,13 +219,16 @@ def erase(config: EraseConfig, step_callback=None, show_progress=True) -> EraseR
     accelerator.wait_for_everyone()
     record = None
     if accelerator.is_main_process:
+        changed = changed_weights(pipeline, base.path)
+        changed_names = {component: counts.pop("names") for component, counts in changed.items()}
         with session.timer.phase("save"):
             if config.output_format != "pipeline":
-                method_record["lora"] = save_lora(pipeline, base.path, output.partial, config.lora_rank)
+                method_record["lora"] = save_lora(pipeline, base.path, output.partial, changed_names,
+                                                  config.lora_rank)
                 _warn_not_in_adapter(method_record["lora"], accelerator)
             if config.output_format != "lora":
                 save_stock_pipeline(pipeline, output.partial, base_folder=base.path)
-        record = _record(config, base, sources, {**method_record, "changed": changed_weights(pipeline, base.path)},
+        record = _record(config, base, sources, {**method_record, "changed": changed},
                          session)
         with open(os.path.join(output.partial, "erasure.json"), "w") as f:
             json.dump(record, f, indent=2)

@@ -2,9 +2,10 @@
 layer, in the file `pipe.load_lora_weights(OUT)` loads (diffusers' peft layout, written by
 diffusers' own `save_lora_weights`).
 
-Each changed Linear or Conv2d weight ΔW (out × in·k·k) becomes B·A by SVD in float64: exact at the
-delta's numerical rank (singular values above EXACT_TOLERANCE of the largest; UCE's delta has rank
-at most the number of its edited text positions), or truncated to `lora_rank`, the relative error
+Each changed Linear or Conv2d weight ΔW (out × in·k·k) becomes B·A by SVD (float32, on the device
+the weights are on): exact at the delta's numerical rank (singular values above EXACT_TOLERANCE of
+the largest, above float32 SVD's noise; UCE's delta has rank at most the number of its edited text
+positions), or truncated to `lora_rank`, the relative error
 ‖ΔW − B·A‖/‖ΔW‖ recorded per layer. A LoRA cannot hold a changed bias, norm or embedding: those
 are listed under `not_in_adapter`, and a user who needs them takes the pipeline output. A layer
 whose exact rank is close to full costs more as two factors than dense (r·(out + in) > out·in);
@@ -16,12 +17,12 @@ import os
 import torch
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name load_lora_weights looks for
-EXACT_TOLERANCE = 1e-6  # singular values below this share of the largest are float32 rounding of the edit
+EXACT_TOLERANCE = 1e-5  # singular values below this share of the largest are float32 rounding of the edit
 
 
 def lora_factors(delta: torch.Tensor, rank: int | None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(lora_A, lora_B, relative error) of a Linear (out, in) or Conv2d (out, in, k, k) weight delta."""
-    matrix = delta.reshape(delta.shape[0], -1).double()
+    matrix = delta.reshape(delta.shape[0], -1).float()
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     exact = max(1, int((s > s[0] * EXACT_TOLERANCE).sum()))
     r = exact if rank is None else min(rank, exact)
@@ -29,12 +30,14 @@ def lora_factors(delta: torch.Tensor, rank: int | None) -> tuple[torch.Tensor, t
     error = float(torch.linalg.norm(matrix - b @ a) / torch.linalg.norm(matrix))
     if delta.dim() == 4:  # conv: A is the k×k conv into r channels, B the 1×1 conv out of them
         a, b = a.reshape(r, *delta.shape[1:]), b.reshape(delta.shape[0], r, 1, 1)
-    return a.to(delta.dtype).contiguous(), b.to(delta.dtype).contiguous(), error
+    return a.to("cpu", delta.dtype).contiguous(), b.to("cpu", delta.dtype).contiguous(), error
 
 
-def erased_delta_as_lora(pipeline, base_path: str, rank: int | None = None) -> tuple[dict, dict]:
-    """Per component ("unet", "text_encoder"), the LoRA state dict of what changed from the base
-    model's safetensors files; and the record: rank and error per layer, sizes, what a LoRA cannot hold."""
+def erased_delta_as_lora(pipeline, base_path: str, changed: dict[str, list[str]],
+                         rank: int | None = None) -> tuple[dict, dict]:
+    """Per component ("unet", "text_encoder"), the LoRA state dict of the `changed` tensors (by
+    component, as model_io.changed_weights finds them) against the base model's safetensors files;
+    and the record: rank and error per layer, sizes, what a LoRA cannot hold."""
     from safetensors import safe_open
 
     layers, record = {}, {"rank": rank, "layers": {}, "not_in_adapter": [], "adapter_bytes": 0, "dense_bytes": 0}
@@ -42,15 +45,12 @@ def erased_delta_as_lora(pipeline, base_path: str, rank: int | None = None) -> t
         folder, model = os.path.join(base_path, component), getattr(pipeline, component)
         files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors") and f.count(".") == 1) \
             if os.path.isdir(folder) else []
-        state, lora = model.state_dict(), {}
+        state, lora, wanted = model.state_dict(), {}, set(changed.get(component, ()))
         for file in files:
             with safe_open(os.path.join(folder, file), framework="pt") as f:
-                for name in f.keys():
-                    if name not in state:
-                        continue
-                    delta = state[name].detach().cpu().float() - f.get_tensor(name).float()
-                    if not delta.any():
-                        continue
+                for name in sorted(wanted.intersection(f.keys())):  # only what changed is read again
+                    weight = state[name].detach()
+                    delta = weight.float() - f.get_tensor(name).to(weight.device).float()
                     module_name, _, kind = name.rpartition(".")
                     module = model.get_submodule(module_name)
                     if kind != "weight" or not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
@@ -68,11 +68,11 @@ def erased_delta_as_lora(pipeline, base_path: str, rank: int | None = None) -> t
     return layers, record
 
 
-def save_lora(pipeline, base_path: str, folder: str, rank: int | None = None) -> dict:
+def save_lora(pipeline, base_path: str, folder: str, changed: dict[str, list[str]], rank: int | None = None) -> dict:
     """Write `folder`/pytorch_lora_weights.safetensors for the erasure held by `pipeline`; its record."""
     from diffusers import StableDiffusionPipeline
 
-    layers, record = erased_delta_as_lora(pipeline, base_path, rank)
+    layers, record = erased_delta_as_lora(pipeline, base_path, changed, rank)
     StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers.get("unet"),
                                               text_encoder_lora_layers=layers.get("text_encoder"))
     record["file"] = LORA_FILE

@@ -79,7 +79,8 @@ def save_stock_pipeline(pipeline, folder: str, base_folder: str | None = None, *
 
 @torch.no_grad()
 def changed_weights(pipeline, base_path: str) -> dict:
-    """Per component, how many weights differ from the base model's safetensors files.
+    """Per component, how many weights differ from the base model's safetensors files, and the
+    names of the tensors that do (`names`, for the LoRA export; not part of erasure.json).
 
     Read tensor by tensor from disk, so it costs no second copy of the model in memory. `bytes`
     counts the changed entries at their stored width: the size of a sparse diff of the edit.
@@ -96,6 +97,7 @@ def changed_weights(pipeline, base_path: str) -> dict:
             continue
         state = getattr(pipeline, component).state_dict()
         entries = total = tensors = size = 0
+        names = []
         for file in files:
             with safe_open(os.path.join(folder, file), framework="pt") as f:
                 for key in f.keys():
@@ -106,6 +108,8 @@ def changed_weights(pipeline, base_path: str) -> dict:
                     total += new.numel()
                     entries += differs
                     tensors += differs > 0
+                    if differs:
+                        names.append(key)
                     size += differs * new.element_size()
-        changes[component] = {"entries": entries, "of": total, "tensors": tensors, "bytes": size}
+        changes[component] = {"entries": entries, "of": total, "tensors": tensors, "bytes": size, "names": names}
     return changes
