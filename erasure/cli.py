@@ -166,6 +166,37 @@ def cmd_push(args) -> int:
     return 0
 
 
+def cmd_apply(args) -> int:
+    from .folders import OutputFolder, resolve_model
+    from .lora_export import check_adapter_fits
+
+    output = OutputFolder(args.output, args.overwrite)
+    output.check()
+    output.check_writable()
+    model = resolve_model(args.model, args.revision, args.allow_pickle)
+    record = check_adapter_fits(args.adapter, model.path, model.name)
+    from .model_io import changed_weights, load_pipeline, save_stock_pipeline
+
+    pipeline = load_pipeline(model, args.allow_pickle)
+    pipeline.load_lora_weights(args.adapter)
+    pipeline.fuse_lora()
+    pipeline.unload_lora_weights()
+    output.begin()
+    save_stock_pipeline(pipeline, output.partial, base_folder=model.path)
+    changed = changed_weights(pipeline, model.path)
+    for counts in changed.values():
+        del counts["names"]
+    # the erasure now sits on another model: its self-check was measured on the adapter's own base
+    record.pop("self_check", None)
+    record.update(adapter_made_on=record["base_model"], base_model={"id": model.name, "revision": model.revision},
+                  changed=changed)
+    with open(os.path.join(output.partial, "erasure.json"), "w") as f:
+        json.dump(record, f, indent=2)
+    output.commit()
+    print(f"wrote {output.path}: {args.adapter} fused into {model.name}")
+    return 0
+
+
 def cmd_random_pipeline(args) -> int:
     from ..pipelines.random_sd import build_random_pipeline
 
@@ -327,6 +358,18 @@ def build_parser() -> Parser:
                                   "files (e.g. a saliency mask).")
     add_erase_arguments(erase_parser)
     erase_parser.set_defaults(run=cmd_erase)
+    apply_parser = sub.add_parser("apply", help="fuse an erasure LoRA into a checkpoint and write it as a stock pipeline",
+                                  description="Load MODEL, load the LoRA of an `sd-erase erase --output-format lora|both` "
+                                  "output onto it, fuse it and write OUT/ (a stock StableDiffusionPipeline and "
+                                  "erasure.json). MODEL may be the adapter's base or another checkpoint of its "
+                                  "architecture (e.g. a fine-tune of it); the self-check is not rerun.")
+    apply_parser.add_argument("adapter", help="the erase output holding pytorch_lora_weights.safetensors")
+    apply_parser.add_argument("--model", required=True, help="a local diffusers folder, a Hub id, or 'shapes'")
+    apply_parser.add_argument("--output", required=True, help="folder to write (must not exist, see --overwrite)")
+    apply_parser.add_argument("--revision", help="Hub revision of --model")
+    apply_parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    apply_parser.add_argument("--allow-pickle", action="store_true", help="load a model with only pickled weights")
+    apply_parser.set_defaults(run=cmd_apply)
     random_parser = sub.add_parser("random-pipeline", help="write a Stable Diffusion pipeline with random weights (smoke tests, benchmarks)",
                                    description="Write a StableDiffusionPipeline with random weights, built offline: "
                                    "'tiny' runs anywhere in seconds, 'sd15' has the exact SD-1.5 shapes.")

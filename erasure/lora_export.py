@@ -12,9 +12,12 @@ whose exact rank is close to full costs more as two factors than dense (r·(out 
 the record says how many bytes the adapter takes against the changed tensors stored densely.
 """
 
+import json
 import os
 
 import torch
+
+from .errors import EraseError, shorten
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name load_lora_weights looks for
 EXACT_TOLERANCE = 1e-5  # singular values below this share of the largest are float32 rounding of the edit
@@ -76,4 +79,42 @@ def save_lora(pipeline, base_path: str, folder: str, changed: dict[str, list[str
     StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers.get("unet"),
                                               text_encoder_lora_layers=layers.get("text_encoder"))
     record["file"] = LORA_FILE
+    return record
+
+
+def check_adapter_fits(adapter: str, model_path: str, model_name: str) -> dict:
+    """Refuse, before any model loads, an adapter folder without a LoRA, or one whose layers have other
+    shapes in the model at `model_path` (another architecture); the adapter's erasure.json record."""
+    from safetensors import safe_open
+
+    file, record_file = os.path.join(adapter, LORA_FILE), os.path.join(adapter, "erasure.json")
+    if not os.path.isfile(file) or not os.path.isfile(record_file):
+        raise EraseError(f"{shorten(adapter)} holds no erasure LoRA ({LORA_FILE} and erasure.json): give the --output "
+                         "of `sd-erase erase --output-format lora|both`")
+    with open(record_file) as f:
+        record = json.load(f)
+    made_on = record["base_model"]["id"]
+    with safe_open(file, framework="pt") as lora:
+        factors = {key: lora.get_slice(key).get_shape() for key in lora.keys()}
+    for component in ("unet", "text_encoder"):
+        folder = os.path.join(model_path, component)
+        files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors") and f.count(".") == 1) \
+            if os.path.isdir(folder) else []
+        shapes = {}
+        for name in files:
+            with safe_open(os.path.join(folder, name), framework="pt") as weights:
+                shapes.update({key: weights.get_slice(key).get_shape() for key in weights.keys()})
+        for key, a_shape in factors.items():
+            if not (key.startswith(component + ".") and key.endswith(".lora_A.weight")):
+                continue
+            module = key[len(component) + 1:-len(".lora_A.weight")]
+            b_shape = factors[key.replace(".lora_A.", ".lora_B.")]
+            wanted = [b_shape[0], *a_shape[1:]]
+            found = shapes.get(module + ".weight")
+            if found is None or list(found) != wanted:
+                raise EraseError(
+                    f"the adapter was made on {shorten(made_on)}, whose {component} {module} is "
+                    f"{'×'.join(map(str, wanted))}; in {shorten(model_name)} it is "
+                    f"{'×'.join(map(str, found)) if found is not None else 'missing'}: apply it to a checkpoint with "
+                    f"the architecture of {shorten(made_on)}")
     return record

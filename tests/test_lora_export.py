@@ -62,3 +62,25 @@ def test_lora_options_without_a_lora_or_without_weights_get_one_line(tiny_sd, tm
         err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sd-erase")]
         assert len(err) == 1 and message in err[0], err
         assert not (tmp_path / "out").exists()
+
+
+def test_apply_fuses_the_adapter_into_a_checkpoint_and_refuses_another_architecture(tiny_sd, tmp_path, capsys):
+    from sd_erasure.erasure.cli import main
+
+    made = tmp_path / "uce"
+    assert erase_cli("--model", tiny_sd, "--concept", "a cat", "--output", made, "--method", "uce",
+                     "--output-format", "both") == 0
+    out = tmp_path / "applied"
+    assert main(["apply", str(made), "--model", str(tiny_sd), "--output", str(out)]) == 0
+    erased, applied = unet_weights(made), unet_weights(out)
+    assert max(float((applied[k] - erased[k]).abs().max()) for k in erased) <= 1e-5
+    record = json.loads((out / "erasure.json").read_text())
+    assert record["adapter_made_on"]["id"] == str(tiny_sd) and "self_check" not in record
+    assert record["changed"]["unet"]["tensors"] == len(json.loads((made / "erasure.json").read_text())["lora"]["layers"])
+
+    capsys.readouterr()
+    refused = tmp_path / "refused"
+    assert main(["apply", str(made), "--model", "shapes", "--output", str(refused)]) == 2  # 64-wide text, not 32
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sd-erase")]
+    assert len(err) == 1 and "the adapter was made on" in err[0] and "apply it to a checkpoint with the architecture of" in err[0], err
+    assert not refused.exists() and not (tmp_path / "refused.incomplete").exists()
