@@ -186,12 +186,12 @@ class StableDiffusionSuppressEOTPipeline(StableDiffusionPipeline):
     def suppression(self) -> dict:
         return {name: self.config[name] for name in SUPPRESSION_SETTINGS}
 
-    def _step_range(self, steps: int) -> tuple[int, int, int]:
-        """First suppressed step, first step after optimization, of `steps` sampling steps."""
+    def _step_range(self, steps: int) -> tuple[int, int]:
+        """First suppressed step, and first step after optimization, of `steps` sampling steps."""
         config = self.config
         start = math.ceil(config.suppression_start * steps)
         end = math.ceil(config.optimization_end * steps) if config.optimization_iterations > 0 else start
-        return start, max(start, end), steps
+        return start, max(start, end)
 
     def _optimized(self, embeds, start_embeds, latents, erase_latents, step: int, concept, ends):
         """ITO at sampling step `step`: the suppressed embeddings after the official gradient steps."""
@@ -244,7 +244,7 @@ class StableDiffusionSuppressEOTPipeline(StableDiffusionPipeline):
                                               clip_skip=clip_skip)
         suppressed, concept, ends = suppressed_embeddings(self.tokenizer, self.suppression, input_ids, embeds)
         rows = len(embeds)
-        start, end, _ = self._step_range(num_inference_steps)
+        start, end = self._step_range(num_inference_steps)
         optimize = bool(concept.any()) and end > start
         if optimize:  # the unsuppressed image beside the suppressed one, from the same noise (the official setup)
             if latents is None:
