@@ -102,6 +102,9 @@ def differing_keys(path: str, record: dict) -> list[str]:
     return sorted(k for k in set(before) | set(record) if before.get(k) != record.get(k))
 
 
+LORA_FILE = "pytorch_lora_weights.safetensors"  # the adapter file `pipe.load_lora_weights(folder)` looks for
+
+
 class OutputFolder:
     """`OUT/` appears only when complete; the work happens in `OUT.incomplete/` beside it."""
 

@@ -14,6 +14,7 @@ from ..hub_cards import MODEL_CARD_TEMPLATE
 
 from .. import __version__
 from .errors import EraseError
+from .folders import LORA_FILE
 from .profile import ModelProfile
 from .registry import methods
 
@@ -50,13 +51,17 @@ def require_token() -> str:
     return token
 
 
+def is_adapter_only(folder: str) -> bool:
+    """An `--output-format lora` output: the LoRA and erasure.json, no pipeline."""
+    return os.path.isfile(os.path.join(folder, LORA_FILE)) and not os.path.isfile(os.path.join(folder, "model_index.json"))
+
+
 def read_erase_output(folder: str) -> dict:
     """The erasure.json of an erase output folder; refuses anything else."""
     record_file, index_file = os.path.join(folder, "erasure.json"), os.path.join(folder, "model_index.json")
-    if os.path.isfile(record_file) and not os.path.isfile(index_file) \
-            and os.path.isfile(os.path.join(folder, "pytorch_lora_weights.safetensors")):
-        raise EraseError(f"{folder} holds a LoRA without a pipeline, which cannot be pushed yet: erase with "
-                         "--output-format both and push that")
+    if os.path.isfile(record_file) and is_adapter_only(folder):  # --output-format lora: the adapter is the model
+        with open(record_file) as f:
+            return json.load(f)
     if not os.path.isfile(record_file) or not os.path.isfile(index_file):
         raise EraseError(f"{folder} is not an sd-erase output (it needs erasure.json and model_index.json): "
                          "push the --output folder of `sd-erase erase`")
@@ -119,6 +124,7 @@ def build_model_card(folder: str, repo_id: str, license: str | None = None, metr
     metrics = _read_metrics(metrics_file, "sd-erase evaluate", "erased")
     attack = _read_metrics(attack_metrics_file, "sd-erase attack", "asr")
     base_id, method = record["base_model"]["id"], record["method"]
+    adapter = is_adapter_only(folder)
     registered = methods().get(method)  # a method registered by a plugin that is not loaded: its name only
     profile = ModelProfile.load(folder)
     eval_results = None
@@ -132,7 +138,8 @@ def build_model_card(folder: str, repo_id: str, license: str | None = None, metr
         license=license, library_name="diffusers", pipeline_tag="text-to-image",
         base_model=base_id if _is_hub_id(base_id) else None,  # the Hub rejects a local path here
         tags=["stable-diffusion", "diffusers", "text-to-image", "concept-erasure", "machine-unlearning", method]
-        + (profile.tags if profile else []),
+        + (["lora"] if adapter else []) + (profile.tags if profile else []),
+        base_model_relation="adapter" if adapter and _is_hub_id(base_id) else None,
         model_name=repo_id.split("/")[-1], eval_results=eval_results,
         erased_concepts=[record["concept"]], erasure_method=method,
     )
@@ -149,7 +156,7 @@ def build_model_card(folder: str, repo_id: str, license: str | None = None, metr
         self_check=describe(record["self_check"]) if "self_check" in record else None,
         robustness=_robustness(attack) if attack else None, citation=registered.citation if registered else "",
         text_encoder_changed=record.get("changed", {}).get("text_encoder", {}).get("entries", 0) > 0,
-        custom_pipeline=os.path.isfile(os.path.join(folder, "pipeline.py")),
+        custom_pipeline=os.path.isfile(os.path.join(folder, "pipeline.py")), adapter=adapter,
     )
     check_card_yaml(card)
     return card

@@ -18,8 +18,8 @@ import os
 import torch
 
 from .errors import EraseError, shorten
+from .folders import LORA_FILE
 
-LORA_FILE = "pytorch_lora_weights.safetensors"  # the name load_lora_weights looks for
 EXACT_TOLERANCE = 1e-5  # singular values below this share of the largest are float32 rounding of the edit
 
 

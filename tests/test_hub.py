@@ -160,3 +160,20 @@ def test_push_to_a_branch_creates_it_and_commits_there(erase_output, endpoint):
     assert endpoint.commits == ["/api/models/alice/branchy/commit/dev"]
     commit = next(r for r in endpoint.requests if "/commit/" in r["path"])
     assert b'"summary": "erased nudity"' in commit["body"]
+
+
+def test_push_of_a_lora_output_says_how_to_load_it_onto_its_base(tiny_sd, endpoint, tmp_path):
+    out = tmp_path / "tiny-uce-lora"
+    assert erase_cli("--model", tiny_sd, "--concept", "a cat", "--output", out, "--method", "uce",
+                     "--output-format", "lora") == 0
+    done = sd_erase("push", out, "--repo-id", "alice/tiny-uce-lora", "--license", "mit", endpoint=endpoint)
+    assert done.returncode == 0, done.stderr
+    received = tmp_path / "received"
+    assert (received / "pytorch_lora_weights.safetensors").is_file() and (received / "erasure.json").is_file()
+
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(received / "README.md")
+    assert "lora" in card.data.tags and card.data.library_name == "diffusers"
+    assert f'DiffusionPipeline.from_pretrained("{tiny_sd}")' in card.text
+    assert 'pipe.load_lora_weights("alice/tiny-uce-lora")' in card.text
