@@ -183,9 +183,7 @@ def cmd_apply(args) -> int:
     pipeline.unload_lora_weights()
     output.begin()
     save_stock_pipeline(pipeline, output.partial, base_folder=model.path)
-    changed = changed_weights(pipeline, model.path)
-    for counts in changed.values():
-        del counts["names"]
+    changed, _ = changed_weights(pipeline, model.path)
     # the erasure now sits on another model: its self-check was measured on the adapter's own base
     record.pop("self_check", None)
     record.update(adapter_made_on=record["base_model"], base_model={"id": model.name, "revision": model.revision},

@@ -49,8 +49,9 @@ def encode_prompts(pipeline, prompts: list[str], device, suppressed: bool = True
                                 truncation=True, return_tensors="pt")
     text_encoder = pipeline.text_encoder.to(device)
     hidden = text_encoder(tokens.input_ids.to(device))[0]
-    if suppressed and suppression_of(pipeline):  # an SEOT pipeline conditions on the suppressed embeddings
-        hidden = suppressed_embeddings(pipeline.tokenizer, suppression_of(pipeline), tokens.input_ids, hidden)[0]
+    suppression = suppression_of(pipeline) if suppressed else None
+    if suppression:  # an SEOT pipeline conditions on the suppressed embeddings
+        hidden = suppressed_embeddings(pipeline.tokenizer, suppression, tokens.input_ids, hidden)[0]
     return dict(zip(unique, hidden.float()))
 
 

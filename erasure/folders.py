@@ -102,6 +102,14 @@ def differing_keys(path: str, record: dict) -> list[str]:
     return sorted(k for k in set(before) | set(record) if before.get(k) != record.get(k))
 
 
+def weight_files(folder: str) -> list[str]:
+    """Paths of a component folder's default safetensors weights (model.safetensors, shards), not
+    variants such as model.fp16.safetensors; none when the folder does not exist."""
+    if not os.path.isdir(folder):
+        return []
+    return [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if f.endswith(".safetensors") and f.count(".") == 1]
+
+
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the adapter file `pipe.load_lora_weights(folder)` looks for
 
 

@@ -219,8 +219,7 @@ def erase(config: EraseConfig, step_callback=None, show_progress=True) -> EraseR
     accelerator.wait_for_everyone()
     record = None
     if accelerator.is_main_process:
-        changed = changed_weights(pipeline, base.path)
-        changed_names = {component: counts.pop("names") for component, counts in changed.items()}
+        changed, changed_names = changed_weights(pipeline, base.path)
         with session.timer.phase("save"):
             if config.output_format != "pipeline":
                 method_record["lora"] = save_lora(pipeline, base.path, output.partial, changed_names,

@@ -18,7 +18,7 @@ import os
 import torch
 
 from .errors import EraseError, shorten
-from .folders import LORA_FILE
+from .folders import LORA_FILE, weight_files
 
 EXACT_TOLERANCE = 1e-5  # singular values below this share of the largest are float32 rounding of the edit
 
@@ -45,12 +45,10 @@ def erased_delta_as_lora(pipeline, base_path: str, changed: dict[str, list[str]]
 
     layers, record = {}, {"rank": rank, "layers": {}, "not_in_adapter": [], "adapter_bytes": 0, "dense_bytes": 0}
     for component in ("unet", "text_encoder"):
-        folder, model = os.path.join(base_path, component), getattr(pipeline, component)
-        files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors") and f.count(".") == 1) \
-            if os.path.isdir(folder) else []
+        model = getattr(pipeline, component)
         state, lora, wanted = model.state_dict(), {}, set(changed.get(component, ()))
-        for file in files:
-            with safe_open(os.path.join(folder, file), framework="pt") as f:
+        for file in weight_files(os.path.join(base_path, component)):
+            with safe_open(file, framework="pt") as f:
                 for name in sorted(wanted.intersection(f.keys())):  # only what changed is read again
                     weight = state[name].detach()
                     delta = weight.float() - f.get_tensor(name).to(weight.device).float()
@@ -97,12 +95,9 @@ def check_adapter_fits(adapter: str, model_path: str, model_name: str) -> dict:
     with safe_open(file, framework="pt") as lora:
         factors = {key: lora.get_slice(key).get_shape() for key in lora.keys()}
     for component in ("unet", "text_encoder"):
-        folder = os.path.join(model_path, component)
-        files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors") and f.count(".") == 1) \
-            if os.path.isdir(folder) else []
         shapes = {}
-        for name in files:
-            with safe_open(os.path.join(folder, name), framework="pt") as weights:
+        for file in weight_files(os.path.join(model_path, component)):
+            with safe_open(file, framework="pt") as weights:
                 shapes.update({key: weights.get_slice(key).get_shape() for key in weights.keys()})
         for key, a_shape in factors.items():
             if not (key.startswith(component + ".") and key.endswith(".lora_A.weight")):

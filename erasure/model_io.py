@@ -11,7 +11,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from .errors import EraseError
-from .folders import BaseModel
+from .folders import BaseModel, weight_files
 from .profile import PROFILE_FILE
 
 
@@ -78,28 +78,25 @@ def save_stock_pipeline(pipeline, folder: str, base_folder: str | None = None, *
 
 
 @torch.no_grad()
-def changed_weights(pipeline, base_path: str) -> dict:
-    """Per component, how many weights differ from the base model's safetensors files, and the
-    names of the tensors that do (`names`, for the LoRA export; not part of erasure.json).
+def changed_weights(pipeline, base_path: str) -> tuple[dict, dict[str, list[str]]]:
+    """Per component, how many weights differ from the base model's safetensors files (erasure.json's
+    `changed`), and the names of the tensors that do (what the LoRA export factors).
 
     Read tensor by tensor from disk, so it costs no second copy of the model in memory. `bytes`
     counts the changed entries at their stored width: the size of a sparse diff of the edit.
     """
     from safetensors import safe_open
 
-    changes = {}
+    changes, changed_names = {}, {}
     for component in ("unet", "text_encoder", "vae"):
-        folder = os.path.join(base_path, component)
-        # the default weights (model.safetensors, shards), not variants such as model.fp16.safetensors
-        files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors") and f.count(".") == 1) \
-            if os.path.isdir(folder) else []
+        files = weight_files(os.path.join(base_path, component))
         if not files:
             continue
         state = getattr(pipeline, component).state_dict()
         entries = total = tensors = size = 0
         names = []
         for file in files:
-            with safe_open(os.path.join(folder, file), framework="pt") as f:
+            with safe_open(file, framework="pt") as f:
                 for key in f.keys():
                     if key not in state:
                         continue
@@ -111,5 +108,6 @@ def changed_weights(pipeline, base_path: str) -> dict:
                     if differs:
                         names.append(key)
                     size += differs * new.element_size()
-        changes[component] = {"entries": entries, "of": total, "tensors": tensors, "bytes": size, "names": names}
-    return changes
+        changes[component] = {"entries": entries, "of": total, "tensors": tensors, "bytes": size}
+        changed_names[component] = names
+    return changes, changed_names
