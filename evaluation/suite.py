@@ -72,7 +72,7 @@ def demo(output_dir: str = "shapes-demo", concept: str = "circle", overwrite: bo
     seconds = time.perf_counter() - start
     print(f"\nErased '{concept}' from the bundled shapes model with {method} in {seconds:.0f} s.\n")
     print(format_table(metrics))
-    print(f"\nself-check (no judge): {describe(result.record['self_check'], advice=False)}")
+    print(f"\nself-check (no judge): {describe(result.record['self_check'])}")
     print(f"\nerased model: {model_dir}\nreport:       {os.path.join(report_dir, 'report.html')}\n"
           f"grids:        {os.path.join(report_dir, 'grid-base.png')}, {os.path.join(report_dir, 'grid-erased.png')}")
     return {**metrics, "demo_seconds": seconds}

@@ -142,3 +142,14 @@ def test_evaluate_bad_input(capsys, tmp_path, args, message):
         code = exit_.code
     assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_demo_prints_the_table_and_the_self_checks_line(tmp_path, capsys):
+    """The README's first command, with the fastest method (the default's numbers are in the README)."""
+    from sd_erasure.evaluation.suite import demo
+
+    metrics = demo(str(tmp_path / "demo"), "circle", show_progress=False, method="uce")
+    printed = capsys.readouterr().out
+    assert "with uce in" in printed and "UA 'circle'" in printed
+    assert "self-check (no judge): erased:" in printed, printed
+    assert metrics["erased"]["UA"] >= 0.9 and (tmp_path / "demo" / "report" / "report.html").is_file()
