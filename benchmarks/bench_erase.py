@@ -101,7 +101,8 @@ def main(argv=None) -> dict:
         "peak_memory_gib": {k: round(v / 2**30, 3) for k, v in record["peak_memory"]["bytes"].items()},
         "peak_memory_kind": record["peak_memory"]["kind"],
         **({"optimizer_state_bytes": record["optimizer_state"]} if "optimizer_state" in record else {}),
-        **({"lora": {k: record["lora"][k] for k in ("adapter_bytes", "dense_bytes", "max_relative_error")}}
+        **({"lora": {k: record["lora"][k]
+                     for k in ("adapter_bytes", "dense_bytes", "max_relative_error", "max_weight_error")}}
            if "lora" in record else {}),
         "attention": attention,
         "versions": record["versions"],

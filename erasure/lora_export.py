@@ -5,8 +5,11 @@ diffusers' own `save_lora_weights`).
 Each changed Linear or Conv2d weight ΔW (out × in·k·k) becomes B·A by SVD (float32, on the device
 the weights are on): exact at the delta's numerical rank (singular values above EXACT_TOLERANCE of
 the largest, above float32 SVD's noise; UCE's delta has rank at most the number of its edited text
-positions), or truncated to `lora_rank`, the relative error
-‖ΔW − B·A‖/‖ΔW‖ recorded per layer. A LoRA cannot hold a changed bias, norm or embedding: those
+positions), or truncated to `lora_rank`. Two errors are recorded per layer: `relative_error`
+‖ΔW − B·A‖/‖ΔW‖, what truncation lost of the edit, and `weight_error` ‖ΔW − B·A‖/‖W‖, how far the
+fused weight is from the erased one. A delta much smaller than its weight carries the float32
+rounding of the stored weights as a full-rank floor, dropped as noise: that shows in
+`relative_error` (1.5e-4 for a rank-1 delta 1e-4 of its weight) and not in `weight_error`. A LoRA cannot hold a changed bias, norm or embedding: those
 are listed under `not_in_adapter`, and a user who needs them takes the pipeline output. A layer
 whose exact rank is close to full costs more as two factors than dense (r·(out + in) > out·in);
 the record says how many bytes the adapter takes against the changed tensors stored densely.
@@ -59,13 +62,15 @@ def erased_delta_as_lora(pipeline, base_path: str, changed: dict[str, list[str]]
                         continue
                     a, b, error = lora_factors(delta, rank)
                     lora[f"{module_name}.lora_A.weight"], lora[f"{module_name}.lora_B.weight"] = a, b
-                    record["layers"][f"{component}.{module_name}"] = {"rank": a.shape[0], "relative_error": error}
+                    record["layers"][f"{component}.{module_name}"] = {
+                        "rank": a.shape[0], "relative_error": error,
+                        "weight_error": error * float(delta.norm() / weight.float().norm())}
                     record["adapter_bytes"] += (a.numel() + b.numel()) * a.element_size()
                     record["dense_bytes"] += delta.numel() * delta.element_size()
         if lora:
             layers[component] = lora
-    errors = [layer["relative_error"] for layer in record["layers"].values()]
-    record["max_relative_error"] = max(errors, default=0.0)
+    for error in ("relative_error", "weight_error"):
+        record[f"max_{error}"] = max((layer[error] for layer in record["layers"].values()), default=0.0)
     return layers, record
 
 

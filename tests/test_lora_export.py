@@ -26,6 +26,7 @@ def test_uce_lora_reproduces_the_erased_weights_exactly_at_a_fraction_of_their_s
     assert (out / "model_index.json").is_file() and (out / record["file"]).is_file()
     assert {layer["rank"] for layer in record["layers"].values()} == {1}  # one concept: a rank-1 edit per layer
     assert record["adapter_bytes"] < record["dense_bytes"] / 5 and not record["not_in_adapter"]
+    assert record["max_weight_error"] <= 1e-6
     erased, lora = unet_weights(out), fused(tiny_sd, out).unet.state_dict()
     assert max(float((lora[k] - erased[k]).abs().max()) for k in erased) <= 1e-5
 
