@@ -12,6 +12,7 @@ import sys
 from dataclasses import fields
 
 from .. import __version__
+from .concepts import read_concepts_file
 from .config import Sampler, default_text, field_type
 from .errors import EraseError
 from .methods import DEFAULT_METHOD
@@ -19,7 +20,7 @@ from .registry import get_method, methods
 
 SAMPLER_NAMES = Sampler.__args__
 # erase options that are not config fields: the CLI itself reads them
-CLI_ONLY = {"command", "run", "method", "push_to_hub", "hub_model_id", "hub_private", "license"}
+CLI_ONLY = {"command", "run", "method", "push_to_hub", "hub_model_id", "hub_private", "license", "concepts_file"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -42,8 +43,7 @@ class Once(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         if hasattr(namespace, self.dest):
-            hint = " (several concepts in one run are not supported yet)" if self.dest == "concept" else ""
-            parser.error(f"{option_string} is given twice{hint}: give it once")
+            parser.error(f"{option_string} is given twice: give it once")
         setattr(namespace, self.dest, values)
 
 
@@ -109,8 +109,10 @@ def add_erase_arguments(p: argparse.ArgumentParser) -> None:
             kwargs["action"] = argparse.BooleanOptionalAction if f.default is None else "store_true"
         else:
             kwargs.update(type=kind, action="append" if repeatable else Once, choices=choices,
-                          metavar=f.metadata.get("metavar"), required=name in ("model", "concept"))
+                          metavar=f.metadata.get("metavar"), required=name == "model")
         group.add_argument(option_flag(f), **kwargs)
+    groups["model"].add_argument("--concepts-file", metavar="FILE",
+                                 help="concepts to erase, one per line (# comments), beside or instead of --concept")
     hub = p.add_argument_group("publishing (token from HF_TOKEN or `hf auth login`)")
     hub.add_argument("--push-to-hub", action="store_true", help="push the finished output to the Hub (as `sd-erase push` does)")
     hub.add_argument("--hub-model-id", help="repo id to push to, e.g. your-name/sd14-no-nudity")
@@ -122,6 +124,10 @@ def config_from_args(args):
     """The method's config from the options given (cheap: no torch); an option of another method is refused."""
     method = get_method(args.method)
     given = {k: v for k, v in vars(args).items() if k not in CLI_ONLY}
+    concepts = given.get("concept", []) + (read_concepts_file(args.concepts_file) if getattr(args, "concepts_file", None) else [])
+    if not concepts:
+        raise EraseError("`concept` is missing: name what to erase (repeatable), or list concepts in --concepts-file")
+    given["concept"] = concepts[0] if len(concepts) == 1 else concepts
     for name in given:
         if name not in {f.name for f in fields(method.config)}:
             owners = config_fields()[name][2]
@@ -230,12 +236,16 @@ def cmd_evaluate(args) -> int:
         if not args.concept:
             raise EraseError("--suite shapes needs --concept: the erased object or colour, e.g. --concept circle")
         protocol = Protocol(images_per_prompt=images, num_inference_steps=steps, guidance_scale=guidance, seed=args.seed)
-        metrics = evaluate_shapes(args.model, args.concept, args.output, base=args.base or "shapes", protocol=protocol,
+        concept = args.concept[0] if len(args.concept) == 1 else args.concept
+        metrics = evaluate_shapes(args.model, concept, args.output, base=args.base or "shapes", protocol=protocol,
                                   overwrite=args.overwrite)
         print(format_table(metrics))
     else:
         from ..evaluation.generate import GenerationSettings
         from ..evaluation.suite import BLURRED_SUITES, evaluate_prompts
+
+        if args.concept and len(args.concept) > 1:
+            raise EraseError(f"--suite {args.suite} evaluates one erased --concept at a time: give it once")
 
         settings = GenerationSettings(images_per_prompt=images, num_inference_steps=steps,
                                       guidance_scale=None if args.per_prompt_guidance else guidance,
@@ -245,7 +255,8 @@ def cmd_evaluate(args) -> int:
                                    categories=args.category, limit=args.limit, min_nudity=args.min_nudity,
                                    settings=settings, threshold=args.threshold,
                                    blur=args.suite in BLURRED_SUITES and not args.no_blur, real_images=args.real_images,
-                                   clip_model=args.clip_model, classifier=args.classifier, concept=args.concept)
+                                   clip_model=args.clip_model, classifier=args.classifier,
+                                   concept=args.concept[0] if args.concept else None)
         if metrics is None:  # the other processes of a sharded run
             return 0
         print(json.dumps({name: {k: v for k, v in metrics[name].items() if not isinstance(v, (dict, list))}
@@ -385,7 +396,8 @@ def build_parser() -> Parser:
     evaluate_parser.add_argument("--model", required=True, help="the erased pipeline folder")
     evaluate_parser.add_argument("--output", required=True, help="report folder")
     evaluate_parser.add_argument("--base", help="base model to compare with (default: the one in the model's erasure.json; shapes: the bundled model)")
-    evaluate_parser.add_argument("--concept", help="shapes: the erased object or colour; imagenette: the erased class")
+    evaluate_parser.add_argument("--concept", action="append", help="shapes: the erased object or colour (repeatable: "
+                                 "several erased together, all objects or all colours); imagenette: the erased class")
     evaluate_parser.add_argument("--images-per-prompt", type=int, help="default: 8 (shapes), 1 (nudity, i2p)")
     evaluate_parser.add_argument("--num-inference-steps", type=int, help="sampler steps; default: 25 (shapes), 50")
     evaluate_parser.add_argument("--guidance-scale", type=float, help="fixed guidance; default: 4 (shapes), 7.5")

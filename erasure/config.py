@@ -20,7 +20,7 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import ClassVar, Literal
 
-from .errors import EraseError
+from .errors import EraseError, shorten
 
 MixedPrecision = Literal["no", "fp16", "bf16"]
 # Samplers by the short names the CLI takes (erasure.diffusion.SCHEDULERS maps them to diffusers classes).
@@ -52,9 +52,22 @@ class EraseConfig:
     # where the result goes and how the run is driven; they do not change the result
     RUN_CONTROL: ClassVar[frozenset] = frozenset({"output_dir", "overwrite", "cache_dir"})
 
+    # Multi-concept erasure (erasure/concepts.py): the list fields one run erases from, e.g. forget
+    # prompts (empty: the method takes one concept per run, and several are erased one after another);
+    ERASED_FIELDS: ClassVar[tuple[str, ...]] = ()
+    # list fields paired item by item with an erased one (misaligned prompt i steers forget prompt i),
+    # each with the list a replacement is taken from when its item is erased by another concept;
+    PAIRED_FIELDS: ClassVar[dict[str, tuple[str, str]]] = {}
+    # and the lists of what a concept keeps (retain prompts), cleared of what another concept erases.
+    KEPT_FIELDS: ClassVar[tuple[str, ...]] = ()
+
     model: str = option(help="base pipeline: a local diffusers folder, a Hub id (e.g. CompVis/stable-diffusion-v1-4), "
                              "or 'shapes' for the bundled model", group="model")
-    concept: str = option(help="what to erase, e.g. nudity or 'a cat'; sets the default prompts", group="model")
+    concept: list[str] | str = option(help="what to erase, e.g. nudity or 'a cat'; sets the default prompts "
+                                           "(repeatable: several concepts in one erase)", group="model")
+    sequential: bool = option(False, group="model", help="with several concepts: erase them one after another, "
+                                                         "each on the last one's result (default: all in one run "
+                                                         "where the method can take them together)")
     output_dir: str | None = option(None, help="folder to write the erased pipeline to (must not exist, see --overwrite)",
                                     group="model", flag="--output", metavar="OUT")
     revision: str | None = option(None, help="Hub revision (branch, tag or commit) of --model", group="model")
@@ -70,6 +83,11 @@ class EraseConfig:
                                         "pipe.load_lora_weights(OUT) loads onto the base model, or both")
     lora_rank: int | None = option(None, group="model", help="with --output-format lora|both: the adapter's rank "
                                                             "per layer (default: each delta's own rank, exact)")
+
+    @property
+    def concepts(self) -> list[str]:
+        """The concepts to erase, one or several."""
+        return [self.concept] if isinstance(self.concept, str) else list(self.concept)
 
     def check(self) -> None:
         """Reject impossible settings with one line that says what to do instead (cheap: no torch)."""
@@ -155,6 +173,13 @@ class TrainingConfig(EraseConfig):
                              "latest or a checkpoint-N folder")
         if self.until_erased and self.resume_from_checkpoint not in (None, "latest"):
             raise EraseError("`until_erased` resumes its rounds itself: pass `resume_from_checkpoint` latest")
+        if len(self.concepts) > 1 and (self.sequential or not self.ERASED_FIELDS):
+            how = "with `sequential`" if self.ERASED_FIELDS else f"by {self.method}, which takes one concept per run"
+            for name in ("until_erased", "resume_from_checkpoint"):
+                if getattr(self, name):
+                    raise EraseError(f"`{name}` is not supported for concepts erased one after another ({how}): "
+                                     "erase one concept per run" + (", or leave out `sequential`"
+                                                                     if self.ERASED_FIELDS else ""))
 
     def narrower(self) -> "TrainingConfig | None":
         """The same erase disturbing less of the rest (fewer weights, a fixed target), for --until-erased
@@ -216,10 +241,15 @@ class TrajectoryConfig(TrainingConfig):
         self.require_positive("synthesis_steps", "synthesis_batch_size", "resolution")
 
 
-def check_concept(concept: str | None) -> str:
-    if not isinstance(concept, str) or not concept.strip():
+def check_concept(concept: str | list[str] | None) -> None:
+    concepts = [concept] if isinstance(concept, str) else concept
+    if not isinstance(concepts, (list, tuple)) or not concepts or not all(isinstance(c, str) and c.strip()
+                                                                          for c in concepts):
         raise EraseError("`concept` is empty: name what to erase, e.g. nudity or 'a cat'")
-    return concept.strip()
+    stripped = [c.strip() for c in concepts]
+    twice = next((c for k, c in enumerate(stripped) if c in stripped[:k]), None)
+    if twice is not None:
+        raise EraseError(f"`concept` {shorten(twice)} is listed twice: list each concept once")
 
 
 def _default(f: dataclasses.Field):

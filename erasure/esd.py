@@ -25,7 +25,7 @@ code imports it where the work starts.
 """
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import ClassVar, Literal
 
 from .config import TrajectoryConfig, option
 from .errors import EraseError
@@ -74,6 +74,8 @@ def trained_parameters(unet, train_method: str) -> list[str]:
 @dataclass
 class EsdConfig(TrajectoryConfig):
     """ESD's settings; each field's help says where its default comes from."""
+
+    ERASED_FIELDS: ClassVar[tuple[str, ...]] = ("forget_prompts",)  # several concepts: one sampled per step
 
     steps: int = option(1000, help="optimizer steps", group="training")
     batch_size: int = option(1, help="samples per step and device", group="training")

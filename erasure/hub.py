@@ -134,6 +134,7 @@ def build_model_card(folder: str, repo_id: str, license: str | None = None, metr
                                    dataset_name=dataset, metric_type=key.lower(), metric_name=long,
                                    metric_value=round(float(metrics["erased"][key]), 4))
                         for key, _, long in METRIC_ROWS]
+    concepts = [record["concept"]] if isinstance(record["concept"], str) else record["concept"]
     card_data = ModelCardData(
         license=license, library_name="diffusers", pipeline_tag="text-to-image",
         base_model=base_id if _is_hub_id(base_id) else None,  # the Hub rejects a local path here
@@ -141,11 +142,11 @@ def build_model_card(folder: str, repo_id: str, license: str | None = None, metr
         + (["lora"] if adapter else []) + (profile.tags if profile else []),
         base_model_relation="adapter" if adapter and _is_hub_id(base_id) else None,
         model_name=repo_id.split("/")[-1], eval_results=eval_results,
-        erased_concepts=[record["concept"]], erasure_method=method,
+        erased_concepts=concepts, erasure_method=method,
     )
     card = ModelCard.from_template(
         card_data, template_path=MODEL_CARD_TEMPLATE, package_version=__version__, repo_id=repo_id,
-        model_name=repo_id.split("/")[-1], concept=record["concept"], method_title=registered.title if registered else method,
+        model_name=repo_id.split("/")[-1], concept=", ".join(concepts), method_title=registered.title if registered else method,
         base_model_id=base_id, base_model_link=f"https://huggingface.co/{base_id}" if _is_hub_id(base_id) else None,
         base_revision=record["base_model"].get("revision"), prompts=record["prompts"], summary=record["summary"],
         changes=describe_changes(record.get("changed", {})), example_prompt=_example_prompt(record),
@@ -236,7 +237,7 @@ def push(folder: str, repo_id: str, private: bool = False, revision: str | None 
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         commit = api.upload_folder(
             repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
-            commit_message=commit_message or f"Upload {os.path.basename(folder)} (erased: {card.data.erased_concepts[0]})",
+            commit_message=commit_message or f"Upload {os.path.basename(folder)} (erased: {', '.join(card.data.erased_concepts)})",
             ignore_patterns=IGNORE_PATTERNS)
     except Exception as err:  # network and HTTP errors of every kind: the user needs the same advice
         if isinstance(err, EraseError):

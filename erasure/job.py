@@ -45,23 +45,53 @@ class EraseResult:
         return None if check["margin_remaining"] is None else check["erased"]
 
 
-def with_model_defaults(config: EraseConfig, base: BaseModel) -> tuple[EraseConfig, dict]:
-    """`config` with every unset field filled from the base model's profile, else the official
-    defaults, and checked again; plus where each value came from."""
-    profile = base.profile
-    settings = profile.settings(type(config), method_of(config).name, config.concept) if profile else {}
-    config, sources = config.with_defaults(settings)
-    config.check()
-    return config, sources
+@dataclass
+class Plan:
+    """What an erase runs (erasure/concepts.py for several concepts): `config` holds the settings
+    recorded for the whole erase, `runs` the configs the method runs with in turn (one; or one per
+    concept, erased one after another), `checks` one config per concept for the self-check."""
+
+    config: EraseConfig
+    sources: dict  # where each value of `config` came from
+    runs: list
+    checks: list
+
+    @property
+    def sequential(self) -> bool:
+        return len(self.runs) > 1
 
 
-def _run_checked(method, pipeline, config: EraseConfig, base: BaseModel, session: Session) -> tuple[dict, dict]:
+def plan_erase(config: EraseConfig, base: BaseModel) -> Plan:
+    """Every unset field filled from the base model's profile, else the official defaults, per
+    concept, and checked again; several concepts joined into one run where the method can take them."""
+    from .concepts import joint_config, per_concept_apart
+
+    filled = []
+    for concept in config.concepts:
+        one = replace(config, concept=concept)
+        settings = base.profile.settings(type(one), method_of(one).name, concept) if base.profile else {}
+        one, sources = one.with_defaults(settings)
+        one.check()
+        filled.append((one, sources))
+    configs = [one for one, _ in filled]
+    if len(configs) == 1:
+        return Plan(configs[0], filled[0][1], configs, configs)
+    checks = per_concept_apart(configs)
+    if config.sequential or not config.ERASED_FIELDS:
+        return Plan(replace(configs[0], concept=config.concepts), filled[0][1], configs, checks)
+    joint, sources = joint_config(checks, [s for _, s in filled])
+    joint.check()
+    return Plan(joint, sources, [joint], checks)
+
+
+def _run_checked(method, pipeline, plan: Plan, base: BaseModel, session: Session) -> tuple[dict, dict]:
     """The method, with the self-check's data and base numbers taken before it and its verdict after;
     with `until_erased`, in rounds until the verdict passes."""
-    from .self_check import SelfCheck
+    from .self_check import self_check
 
+    config = plan.config
     with session.timer.phase("self_check"):
-        check = SelfCheck(pipeline, config, base.profile, session)
+        check = self_check(pipeline, plan.checks, base.profile, session)
     reason = check.cannot_tell()
     if reason and getattr(config, "until_erased", False):  # nothing to adapt to: refuse before the first round
         raise EraseError(f"`until_erased` needs a self-check that can tell, and {reason}")
@@ -69,11 +99,41 @@ def _run_checked(method, pipeline, config: EraseConfig, base: BaseModel, session
         session.accelerator.print("warning: " + FIELD.sub(r"\1", reason))
     if getattr(config, "until_erased", False):
         return _until_erased(method, pipeline, config, check, session)
-    method_record, artifacts = method.load_erase_pipeline()(pipeline, config, session)
+    if plan.sequential:
+        method_record, artifacts = _one_after_another(method, pipeline, plan.runs, session)
+    else:
+        method_record, artifacts = method.load_erase_pipeline()(pipeline, config, session)
     pipeline.to(session.accelerator.device)  # methods may park frozen parts on the CPU
     with session.timer.phase("self_check"):
         method_record["self_check"] = check.verdict(pipeline)
     return method_record, artifacts
+
+
+def _one_after_another(method, pipeline, runs: list, session: Session) -> tuple[dict, dict]:
+    """Each concept's erase on the last one's result, its side files in OUT.incomplete/concept-K; one
+    record: the prompts and summaries of all, each run's own under `per_concept`."""
+    from .training import checkpoints
+
+    records, artifacts = [], {}
+    for k, run in enumerate(runs):
+        work = os.path.join(session.work_dir, f"concept-{k + 1}") if session.work_dir else None
+        if work and session.accelerator.is_main_process:
+            os.makedirs(work, exist_ok=True)
+        session.accelerator.print(f"concept {k + 1}/{len(runs)}: {shorten(run.concept)}")
+        record, artifacts = method.load_erase_pipeline()(pipeline, run, replace(session, work_dir=work))
+        pipeline.to(session.accelerator.device)
+        if work and session.accelerator.is_main_process:
+            for folder in checkpoints(work):  # only needed while that concept ran
+                shutil.rmtree(folder)
+            if not os.listdir(work):
+                os.rmdir(work)
+        records.append({"concept": run.concept, "hyperparameters": run.settings(), **record})
+    prompts = {}
+    for record in records:
+        for key, values in record.get("prompts", {}).items():
+            prompts.setdefault(key, []).extend(v for v in values if v not in prompts[key])
+    summary = [[f"{shorten(r['concept'], 30)}: {row[0]}", row[1]] for r in records for row in r.get("summary", [])]
+    return {"prompts": prompts, "summary": summary, "per_concept": records}, artifacts
 
 
 def _until_erased(method, pipeline, config, check, session: Session) -> tuple[dict, dict]:
@@ -174,12 +234,13 @@ def erase_pipeline(pipeline, config: EraseConfig, step_callback=None, show_progr
     config.check()
     folder = pipeline.name_or_path if pipeline.name_or_path and os.path.isdir(pipeline.name_or_path) else ""
     base = BaseModel(pipeline.name_or_path or "", folder)  # a folder's profile applies to the pipeline loaded from it
-    config, sources = with_model_defaults(config, base)
-    config.check_inputs()
-    config.check_with_pipeline(pipeline)
-    session = _session(config, pipeline, step_callback=step_callback, show_progress=show_progress)
-    method_record, artifacts = _run_checked(method, pipeline, config, base, session)
-    return EraseResult(None, _record(config, base, sources, method_record, session), artifacts)
+    plan = plan_erase(config, base)
+    for run in plan.runs:
+        run.check_inputs()
+        run.check_with_pipeline(pipeline)
+    session = _session(plan.config, pipeline, step_callback=step_callback, show_progress=show_progress)
+    method_record, artifacts = _run_checked(method, pipeline, plan, base, session)
+    return EraseResult(None, _record(plan.config, base, plan.sources, method_record, session), artifacts)
 
 
 def erase(config: EraseConfig, step_callback=None, show_progress=True) -> EraseResult:
@@ -193,15 +254,18 @@ def erase(config: EraseConfig, step_callback=None, show_progress=True) -> EraseR
     output.check()
     output.check_writable()
     base = resolve_model(config.model, config.revision, config.allow_pickle)
-    config, sources = with_model_defaults(config, base)
+    plan = plan_erase(config, base)
+    config, sources = plan.config, plan.sources
     # Everything that can be checked cheaply has been: from here on torch loads and the model with it.
     from .lora_export import save_lora
     from .model_io import changed_weights, load_pipeline, save_stock_pipeline
     from .training import checkpoints
 
-    config.check_inputs()
+    for run in plan.runs:
+        run.check_inputs()
     pipeline = load_pipeline(base, config.allow_pickle)
-    config.check_with_pipeline(pipeline)
+    for run in plan.runs:
+        run.check_with_pipeline(pipeline)
     session = _session(config, pipeline, output.partial, step_callback, show_progress)
     accelerator = session.accelerator
     if accelerator.is_main_process:
@@ -211,7 +275,7 @@ def erase(config: EraseConfig, step_callback=None, show_progress=True) -> EraseR
     if getattr(config, "report_to", None):
         accelerator.init_trackers("sd-erase", config={k: str(v) for k, v in config.settings().items()})
     try:
-        method_record, artifacts = _run_checked(method, pipeline, config, base, session)
+        method_record, artifacts = _run_checked(method, pipeline, plan, base, session)
     except EraseError:  # bad input found late (e.g. a singular closed-form system): leave no half-written output
         if accelerator.is_main_process and resume is None:
             shutil.rmtree(output.partial, ignore_errors=True)
@@ -235,7 +299,10 @@ def erase(config: EraseConfig, step_callback=None, show_progress=True) -> EraseR
             shutil.rmtree(folder)
         os.remove(os.path.join(output.partial, "erase-settings.json"))
         output.commit()
-        accelerator.print(f"wrote {output.path} ({config.method}, concept {shorten(config.concept)})")
+        concepts = config.concepts
+        accelerator.print(f"wrote {output.path} ({config.method}, "
+                          + (f"concept {shorten(concepts[0])})" if len(concepts) == 1 else
+                             f"{len(concepts)} concepts: {shorten(', '.join(concepts))})"))
     accelerator.end_training()
     return EraseResult(output.path, record, artifacts)
 

@@ -20,7 +20,7 @@ and the shared primitives are imported where the work starts.
 
 import os
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Callable, ClassVar, Literal
 
 from .config import ImageSynthesisConfig, SynthesisConfig, option
 from .errors import EraseError
@@ -84,6 +84,10 @@ class ForgetRetainData(ImageSynthesisConfig):
 class ForgetRetainConfig(SynthesisConfig, ForgetRetainData):
     """What the methods that fine-tune the UNet on a forget and a retain set share (SalUn,
     ScissorHands): the two sets, the forget-gradient pass that ranks weights, the misaligned target."""
+
+    ERASED_FIELDS: ClassVar[tuple[str, ...]] = ("forget_prompts",)
+    PAIRED_FIELDS: ClassVar[dict] = {"misaligned_prompts": ("forget_prompts", "retain_prompts")}
+    KEPT_FIELDS: ClassVar[tuple[str, ...]] = ("retain_prompts",)
 
     misaligned_prompts: list[str] = option(
         default_factory=list, group=DATA, flag="--misaligned-prompt", metavar="TEXT",

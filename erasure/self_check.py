@@ -34,6 +34,7 @@ from diffusers import DDPMScheduler
 from ..pipelines.pipeline_seot import suppression_of
 from .data import data_resolution, synthesize_latents
 from .diffusion import encode_prompts, per_sample_mse, prediction_target, seeded_generator, stack_embeddings
+from .concepts import clear_of
 from .prompts import preset_prompts
 
 MAX_REMAINING = 0.5  # erased when at most this share of the base model's concept margin remains
@@ -60,9 +61,10 @@ def unknown_words(tokenizer, prompts: list[str]) -> list[str]:
     return [w for w in words if len(tokenizer.tokenize(w)) == len(w)]
 
 
-def check_prompts(config, profile) -> CheckPrompts:
+def check_prompts(config, profile, erased_elsewhere: frozenset = frozenset()) -> CheckPrompts:
     """The concept's prompts, their anchors and retain prompts: the config's own where it has them,
-    else the model profile's for the concept, else the preset of erasure/prompts.py."""
+    else the model profile's for the concept, else the preset of erasure/prompts.py; cleared of
+    `erased_elsewhere`, the prompts of other concepts erased in the same run (erasure/concepts.py)."""
     preset = preset_prompts(config.concept)
     from_profile = profile.concepts.get(config.concept.strip(), {}) if profile else {}
 
@@ -70,14 +72,23 @@ def check_prompts(config, profile) -> CheckPrompts:
         return getattr(config, name, None) or from_profile.get(name) or fallback
 
     retain = pick("retain_prompts", preset.retain)
-    return CheckPrompts(pick("forget_prompts", preset.forget), pick("misaligned_prompts", retain), retain)
+    kept = [p for p in retain if p not in erased_elsewhere] or preset.retain
+    anchors = clear_of(pick("misaligned_prompts", retain), kept, erased_elsewhere, "misaligned_prompts", config.concept)
+    return CheckPrompts(pick("forget_prompts", preset.forget), anchors, kept)
+
+
+def self_check(pipeline, configs: list, profile, session):
+    """The check of an erase of the concepts of `configs` (one config per concept)."""
+    if len(configs) == 1:
+        return SelfCheck(pipeline, configs[0], profile, session)
+    return ConceptsCheck(pipeline, configs, profile, session)
 
 
 class SelfCheck:
     """Held-out data and the base model's errors, taken before the method changes the pipeline."""
 
-    def __init__(self, pipeline, config, profile, session):
-        self.prompts = check_prompts(config, profile)
+    def __init__(self, pipeline, config, profile, session, erased_elsewhere: frozenset = frozenset()):
+        self.prompts = check_prompts(config, profile, erased_elsewhere)
         self.device = session.accelerator.device
         self.autocast = session.accelerator.autocast
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
@@ -192,6 +203,32 @@ class SelfCheck:
         }
 
 
+class ConceptsCheck:
+    """The self-check of several concepts erased together: each concept's own check, with what the
+    other concepts erase left out of its anchors and retain prompts. The erase passes when every
+    concept is erased and every retain set kept; the line names the worst concept."""
+
+    def __init__(self, pipeline, configs: list, profile, session):
+        erased = [frozenset(check_prompts(config, profile).concept) for config in configs]
+        self.checks = {config.concept: SelfCheck(pipeline, config, profile, session,
+                                                 frozenset().union(*(erased[:k] + erased[k + 1:])))
+                       for k, config in enumerate(configs)}
+
+    def cannot_tell(self) -> str | None:
+        reasons = [f"for {concept!r}: {reason}" for concept, check in self.checks.items()
+                   if (reason := check.cannot_tell())]
+        return "; ".join(reasons) or None
+
+    def verdict(self, pipeline) -> dict:
+        per_concept = {concept: check.verdict(pipeline) for concept, check in self.checks.items()}
+        told = {c: v for c, v in per_concept.items() if v["margin_remaining"] is not None}
+        worst = max(told, key=lambda c: told[c]["margin_remaining"]) if len(told) == len(per_concept) else \
+            next(c for c, v in per_concept.items() if v["margin_remaining"] is None)
+        drift = max(v["retain_drift"] for v in per_concept.values())
+        return {**per_concept[worst], "worst_concept": worst, "erased": all(v["erased"] for v in per_concept.values()),
+                "retain_drift": drift, "retain_kept": drift <= RETAIN_BUDGET, "per_concept": per_concept}
+
+
 def describe(check: dict, config=None) -> str:
     """One line for the user: erased or not, the margin, the retain drift, and (given the method's
     `config`) what to do."""
@@ -203,7 +240,8 @@ def describe(check: dict, config=None) -> str:
         return f"not checked: {_unknown_words_note(check['unknown_words'])}; {drift}"
     if check["margin_remaining"] is None:
         return f"not checked: {_untied_note(check['concept_margin']['base'])}; {drift}"
-    margin = f"concept margin {check['concept_margin']['base']:.3g} → {check['concept_margin']['erased']:.3g} " \
+    of = f" of {check['worst_concept']!r} (the worst of {len(check['per_concept'])})" if "per_concept" in check else ""
+    margin = f"concept margin{of} {check['concept_margin']['base']:.3g} → {check['concept_margin']['erased']:.3g} " \
              f"({check['margin_remaining']:.0%} remains" \
              + (f" at noise level {check['worst_level']:g}, the worst)" if check.get("worst_level") else ")")
     if check["erased"]:

@@ -47,6 +47,7 @@ class SeotConfig(EraseConfig):
     """SEOT's settings; each field's help says where its default comes from."""
 
     STRONGER: ClassVar[str] = "list the concept's other word forms in `suppressed_words`, or lower `suppression_start`"
+    ERASED_FIELDS: ClassVar[tuple[str, ...]] = ("suppressed_words",)  # several concepts: all suppressed together
 
     suppressed_words: list[str] = option(default_factory=list, group=SEOT, flag="--suppress-word", metavar="TEXT",
                                          help="word (or words) whose embeddings are suppressed wherever a prompt "
@@ -70,6 +71,8 @@ class SeotConfig(EraseConfig):
         super().check()
         if self.output_format != "pipeline":
             raise EraseError("SEOT changes no weight, so there is no LoRA to write: use `output_format` pipeline")
+        if self.sequential and len(self.concepts) > 1:
+            raise EraseError("SEOT suppresses every concept's words in one pipeline: leave out `sequential`")
         self.require_positive("suppression_alpha", "optimization_scale")
         for name in ("suppression_start", "optimization_end"):
             if not 0 <= getattr(self, name) <= 1:

@@ -44,6 +44,9 @@ class UceConfig(EraseConfig):
 
     STRONGER: ClassVar[str] = "raise `erase_scale`, or try `edit_tokens` to-end"
     GENTLER: ClassVar[str] = "add `preserve_concepts`, or raise `regularization`"
+    ERASED_FIELDS: ClassVar[tuple[str, ...]] = ("erase_concepts",)  # several concepts: all in one solve
+    PAIRED_FIELDS: ClassVar[dict] = {"guide_concepts": ("erase_concepts", "preserve_concepts")}
+    KEPT_FIELDS: ClassVar[tuple[str, ...]] = ("preserve_concepts",)
 
     erase_concepts: list[str] = option(default_factory=list, group=UCE, flag="--erase-concept", metavar="TEXT",
                                        help="concept text to erase (repeatable); default: the model profile's, "

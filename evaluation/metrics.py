@@ -5,7 +5,8 @@ style word, synonyms included), `images_per_prompt` images with per-image seeds,
 `num_inference_steps` steps, classifier-free guidance `guidance_scale`.
 
 - UA  (unlearning accuracy): share of images from prompts naming the concept (or a synonym) in
-  which the judge does not see the concept.
+  which the judge does not see the concept. Several concepts erased together (all objects or all
+  colours): images naming any of them, each judged for the one it names; `UA_by_concept` per concept.
 - IRA (in-domain retain accuracy): judge accuracy on the concept's attribute (object or style)
   for prompts without the concept.
 - CRA (cross-domain retain accuracy): judge accuracy on the other attribute, same prompts.
@@ -69,26 +70,42 @@ def prompt_fidelity(pipeline, judge, protocol: Protocol = Protocol(), show_progr
             "images": len(expected), "protocol": asdict(protocol)}
 
 
-def _names_concept(prompt: Prompt, concept: str) -> bool:
-    return prompt.object == concept if concept_kind(concept) == "object" else prompt.style == canonical_style(concept)
+def erased_concepts(concept: str | list[str]) -> tuple[list[str], str]:
+    """The erased concepts as a list, and their kind: several must all be objects or all colours,
+    so that in-domain and cross-domain retain accuracy keep their meaning."""
+    concepts = [concept] if isinstance(concept, str) else list(concept)
+    kinds = {concept_kind(c) for c in concepts}
+    if len(kinds) > 1:
+        raise ValueError(f"{', '.join(concepts)} mix objects and colours: evaluate the objects and the colours "
+                         "of an erase separately")
+    return concepts, kinds.pop()
 
 
-def score(prompt_list: list[Prompt], images_per_prompt: int, objects: list[str], styles: list[str], concept: str) -> dict:
-    """UA / IRA / CRA of judged images (in prompt order) for an erased `concept`."""
-    kind = concept_kind(concept)
-    target = concept if kind == "object" else canonical_style(concept)
+def _named(prompt: Prompt, concepts: list[str]) -> str | None:
+    """The erased concept `prompt` names, if any."""
+    return next((c for c in concepts if (prompt.object == c if concept_kind(c) == "object"
+                                         else prompt.style == canonical_style(c))), None)
+
+
+def score(prompt_list: list[Prompt], images_per_prompt: int, objects: list[str], styles: list[str],
+          concept: str | list[str]) -> dict:
+    """UA / IRA / CRA of judged images (in prompt order) for an erased `concept` (or several, of one kind)."""
+    concepts, kind = erased_concepts(concept)
     expected = [p for p in prompt_list for _ in range(images_per_prompt)]
     judged = {"object": objects, "style": styles}
     other = "style" if kind == "object" else "object"
-    forget = [i for i, p in enumerate(expected) if _names_concept(p, concept)]
-    retain = [i for i, p in enumerate(expected) if not _names_concept(p, concept)]
-    ua = {}  # per concept word, so that synonyms are reported on their own
-    for i in forget:
+    forget = [(i, c if kind == "object" else canonical_style(c)) for i, p in enumerate(expected)
+              if (c := _named(p, concepts))]
+    retain = [i for i, p in enumerate(expected) if _named(p, concepts) is None]
+    ua, by_concept = {}, {}  # per concept word, so that synonyms are reported on their own
+    for i, target in forget:
         word = target if kind == "object" else next(w for w in expected[i].text.split() if canonical_style(w) == target)
         ua.setdefault(word, []).append(judged[kind][i] != target)
+        by_concept.setdefault(target, []).append(judged[kind][i] != target)
     return {
-        "UA": sum(judged[kind][i] != target for i in forget) / len(forget),
+        "UA": sum(judged[kind][i] != target for i, target in forget) / len(forget),
         "UA_by_word": {w: sum(v) / len(v) for w, v in ua.items()},
+        **({"UA_by_concept": {c: sum(v) / len(v) for c, v in by_concept.items()}} if len(concepts) > 1 else {}),
         "IRA": sum(judged[kind][i] == getattr(expected[i], kind) for i in retain) / len(retain),
         "CRA": sum(judged[other][i] == getattr(expected[i], other) for i in retain) / len(retain),
         "forget_images": len(forget),
@@ -96,25 +113,25 @@ def score(prompt_list: list[Prompt], images_per_prompt: int, objects: list[str],
     }
 
 
-def evaluate_erasure(base_pipeline, erased_pipeline, judge, concept: str, protocol: Protocol = Protocol(),
+def evaluate_erasure(base_pipeline, erased_pipeline, judge, concept: str | list[str], protocol: Protocol = Protocol(),
                      show_progress: bool = True) -> tuple[dict, dict]:
     """Metrics of the base and the erased model, side by side, on the same prompts and seeds.
 
     Returns (metrics, images) where images maps "base"/"erased" to (N, 3, 32, 32) tensors in
     prompt order, prompts naming the concept first.
     """
-    concept_kind(concept)  # fail early on a concept the world does not have
-    prompt_list = sorted(prompts(protocol.template_ids), key=lambda p: not _names_concept(p, concept))
+    concepts, kind = erased_concepts(concept)  # fail early on a concept the world does not have
+    prompt_list = sorted(prompts(protocol.template_ids), key=lambda p: _named(p, concepts) is None)
     images, results = {}, {}
     for name, pipeline in (("base", base_pipeline), ("erased", erased_pipeline)):
         images[name] = generate(pipeline, prompt_list, protocol, show_progress=show_progress)
         objects, styles = judge.classify(images[name])
         results[name] = score(prompt_list, protocol.images_per_prompt, objects, styles, concept)
     retain_rows = [i for i, p in enumerate(p for p in prompt_list for _ in range(protocol.images_per_prompt))
-                   if not _names_concept(p, concept)]
+                   if _named(p, concepts) is None]
     results["base"].update(FID=0.0, KID_mean=0.0)  # the reference itself
     distance = fid_kid(images["base"][retain_rows], images["erased"][retain_rows], feature=JudgeFeatures(judge))
     results["erased"].update(FID=distance["FID"], KID_mean=distance["KID_mean"], KID_std=distance["KID_std"])
-    metrics = {"suite": "shapes", "concept": concept, "kind": concept_kind(concept), "protocol": asdict(protocol),
+    metrics = {"suite": "shapes", "concept": concept, "kind": kind, "protocol": asdict(protocol),
                "prompts": [p.text for p in prompt_list], **results}
     return metrics, images

@@ -50,13 +50,14 @@ def write_report(folder: str, metrics: dict, images: dict, title: str) -> dict[s
         files[f"grid_{name}"] = os.path.join(folder, f"grid-{name}.png")
         image_grid(images[name], metrics["prompts"], per_prompt).save(files[f"grid_{name}"])
     protocol = ", ".join(f"{k} {v}" for k, v in metrics["protocol"].items())
+    concepts = metrics["concept"] if isinstance(metrics["concept"], str) else ", ".join(metrics["concept"])
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}} td:first-child{{text-align:left}}
 .grids{{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}} figure{{margin:0}} img{{image-rendering:pixelated}}</style></head>
 <body><h1>{html.escape(title)}</h1>
-<p>Concept <b>{html.escape(metrics['concept'])}</b> ({metrics['kind']}). Protocol: {html.escape(protocol)};
+<p>Concept <b>{html.escape(concepts)}</b> ({metrics['kind']}). Protocol: {html.escape(protocol)};
 {len(metrics['prompts'])} prompts, prompts naming the concept first. Judge: the shapes-world classifier.</p>
 {_table(metrics)}
 <div class="grids"><figure><figcaption>base model</figcaption><img src="grid-base.png" alt="base model images"></figure>

@@ -20,16 +20,17 @@ from .generate import GenerationSettings, check_same_run, generate_images, proce
 from .judge import load_judge
 from .nudity import DEFAULT_THRESHOLD, detect_nudity, summarize_nudity
 from .prompt_sets import load_prompts
-from .metrics import Protocol, evaluate_erasure
+from .metrics import Protocol, erased_concepts, evaluate_erasure
 from .report import write_prompt_report, write_report
 from .utility import inception_kwargs, classifier_accuracy, clip_score, fid_kid, load_image, load_images
-from .shapes import JUDGE_FILE, concept_kind
+from .shapes import JUDGE_FILE
 
-def evaluate_shapes(model: str, concept: str, output_dir: str, base: str = "shapes", protocol: Protocol = Protocol(),
-                    overwrite: bool = False, show_progress: bool = True) -> dict:
-    """Evaluate `model` against `base` on the shapes world for an erased `concept`; writes the report folder."""
+def evaluate_shapes(model: str, concept: str | list[str], output_dir: str, base: str = "shapes",
+                    protocol: Protocol = Protocol(), overwrite: bool = False, show_progress: bool = True) -> dict:
+    """Evaluate `model` against `base` on the shapes world for an erased `concept` (or several of one
+    kind); writes the report folder."""
     try:
-        concept_kind(concept)
+        concepts, _ = erased_concepts(concept)
     except ValueError as err:
         raise EraseError(str(err)) from err
     output_dir = os.path.abspath(output_dir)
@@ -42,7 +43,8 @@ def evaluate_shapes(model: str, concept: str, output_dir: str, base: str = "shap
     partial = output_dir + ".incomplete"
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(partial)
-    write_report(partial, metrics, images, title=f"Erasing “{concept}”: {os.path.basename(os.path.normpath(model))}")
+    write_report(partial, metrics, images,
+                 title=f"Erasing “{'”, “'.join(concepts)}”: {os.path.basename(os.path.normpath(model))}")
     if os.path.isdir(output_dir):
         shutil.rmtree(output_dir)
     os.rename(partial, output_dir)
@@ -54,6 +56,9 @@ def format_table(metrics: dict) -> str:
     rows = [(label, metrics["base"][key], metrics["erased"][key]) for label, key in keys]
     rows += [(f"UA '{word}'", metrics["base"]["UA_by_word"][word], value)
              for word, value in metrics["erased"]["UA_by_word"].items()]
+    if "UA_by_concept" in metrics["erased"] and metrics["kind"] == "style":  # per word says it for objects
+        rows += [(f"UA {concept}", metrics["base"]["UA_by_concept"][concept], value)
+                 for concept, value in metrics["erased"]["UA_by_concept"].items()]
     return "\n".join([f"{'metric':<16}{'base':>8}{'erased':>8}"] + [f"{l:<16}{b:>8.3f}{e:>8.3f}" for l, b, e in rows])
 
 

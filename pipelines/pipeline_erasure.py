@@ -17,10 +17,12 @@ from diffusers import StableDiffusionPipeline
 
 
 class StableDiffusionErasurePipeline(StableDiffusionPipeline):
-    def erase(self, concept: str, method: str | None = None, step_callback=None, show_progress=True, **config):
-        """Erase `concept` from this pipeline in place with a registered `method` (default: the
-        registry's default); returns an EraseResult (record, artifacts such as a saliency mask).
-        Keyword arguments are fields of the method's config (see `sd-erase erase --help`)."""
+    def erase(self, concept: str | list[str], method: str | None = None, step_callback=None, show_progress=True,
+              **config):
+        """Erase `concept` (or a list of concepts) from this pipeline in place with a registered
+        `method` (default: the registry's default); returns an EraseResult (record, artifacts such
+        as a saliency mask). Keyword arguments are fields of the method's config (see `sd-erase
+        erase --help`)."""
         from ..erasure.job import erase_pipeline
         from ..erasure.methods import DEFAULT_METHOD
         from ..erasure.registry import get_method

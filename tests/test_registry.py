@@ -102,7 +102,7 @@ print(code, "torch" in sys.modules)
 
 
 @pytest.mark.parametrize("case", ["negative steps", "existing output", "unwritable output", "option of another method",
-                                  "unknown concept of a closed vocabulary", "a 300-word concept", "concept twice",
+                                  "unknown concept of a closed vocabulary", "a 300-word concept", "a concept listed twice",
                                   "attack: unknown concept", "attack: no tokens"])
 def test_cheap_bad_input_is_one_line_before_torch_loads(case, tmp_path):
     existing = tmp_path / "mine"
@@ -122,8 +122,8 @@ def test_cheap_bad_input_is_one_line_before_torch_loads(case, tmp_path):
                                                     "--output", out], "--concept 'dog' is not a concept of this model"),
         "a 300-word concept": (["--model", "shapes", "--concept", "word " * 300, "--output", out],
                                "is not a concept of this model"),
-        "concept twice": (["--model", "shapes", "--concept", "circle", "--concept", "red", "--output", out],
-                          "--concept is given twice"),
+        "a concept listed twice": (["--model", "shapes", "--concept", "circle", "--concept", "circle", "--output", out],
+                                   "--concept 'circle' is listed twice"),
         "attack: unknown concept": (["--model", "shapes", "--concept", "dog", "--output", out],
                                     "'dog' is not a shapes-world concept"),
         "attack: no tokens": (["--model", "shapes", "--concept", "circle", "--output", out, "--tokens", "0"],
