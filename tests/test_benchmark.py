@@ -1,6 +1,6 @@
 """The benchmark command keeps working (its numbers are recorded by hand, never asserted)."""
 
-from benchmarks import bench_attack, bench_generate, bench_optimizer, bench_seot
+from benchmarks import bench_attack, bench_generate, bench_optimizer, bench_seot, bench_uce_concepts
 from benchmarks.bench_erase import main
 
 
@@ -19,6 +19,8 @@ def test_tiny_benchmark_runs_esd_and_uce():
     assert set(esd["seconds"]) == {"self_check", "data", "training", "save"} and esd["seconds_per_step"] > 0
     uce = main(["--size", "tiny", "--method", "uce"])
     assert set(uce["seconds"]) == {"self_check", "edit", "save"}
+    many = bench_uce_concepts.main(["--size", "tiny", "--concepts", "3", "12"])
+    assert [row["erase_texts"] for row in many] == [3, 12] and all(row["seconds"]["edit"] > 0 for row in many)
 
 
 def test_tiny_optimizer_and_generation_benchmarks_run():

@@ -28,6 +28,8 @@ def test_joint_settings_keep_pairs_drop_what_another_concept_erases_and_refuse_c
     assert joint.forget_prompts == ["a red circle", "a blue circle", "a red square"]
     assert joint.misaligned_prompts == ["a red star"] * 3  # expanded to stay paired with the forget prompts
     assert joint.retain_prompts == ["a red star", "a sky"] and sources["forget_prompts"] == "per concept"
+    assert (joint.steps, joint.num_images) == (200, 1600)  # each concept gets the budget of a run of its own
+    assert joint_config(apart, [{"steps": "user"}] * 2)[0].steps == 100  # unless the user set it
 
     with pytest.raises(EraseError, match="different learning_rate .*add sequential"):
         joint_config(per_concept_apart([circle, one("star", ["a red star"], ["a sky"], ["a sky"], rate=1e-3)]),
