@@ -8,10 +8,9 @@ model profile's entry for it, the method's official defaults). Then:
   concept's, one concept after another. A list paired with one (SalUn's misaligned prompts, UCE's
   guides) follows it item by item, every other list (retain prompts, preserved concepts) is the
   union, and a single-valued setting (a learning rate) must be the same for all concepts: where the
-  profile gives them different ones, the run stops and says so. The budgets a method declares in
-  `SCALED_FIELDS` (SalUn's images and steps) are multiplied by the number of concepts unless the
-  user set them: on the shapes world, three objects sharing one concept's 100 steps left circle's UA
-  at 0.42.
+  profile gives them different ones, the run stops and says so. The run has one run's budget (images,
+  steps): multiplying them by the number of concepts was measured and not kept (README, "The
+  concept matrix").
 - sequential (`sequential`, and every method without erased lists): the method runs once per
   concept, each on the last one's result, as erasing A and then B by hand would.
 
@@ -118,9 +117,4 @@ def joint_config(configs: list, sources: list[dict]) -> tuple:
             differing = "; ".join(f"{shorten(c.concept, 30)}: {v}" for c, v in zip(configs, per))
             raise EraseError(f"the concepts take different `{f.name}` ({differing}): pass `{f.name}` for all of "
                              "them, or add `sequential` to erase them one after another")
-    for name in first.SCALED_FIELDS:
-        source = merged_sources.get(name, "default")
-        if source != "user" and getattr(first, name) is not None:
-            values[name] = getattr(first, name) * len(configs)
-            merged_sources[name] = f"{source}, × {len(configs)} concepts"
     return replace(first, **values), merged_sources

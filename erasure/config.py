@@ -58,11 +58,8 @@ class EraseConfig:
     # list fields paired item by item with an erased one (misaligned prompt i steers forget prompt i),
     # each with the list a replacement is taken from when its item is erased by another concept;
     PAIRED_FIELDS: ClassVar[dict[str, tuple[str, str]]] = {}
-    # the lists of what a concept keeps (retain prompts), cleared of what another concept erases;
+    # and the lists of what a concept keeps (retain prompts), cleared of what another concept erases.
     KEPT_FIELDS: ClassVar[tuple[str, ...]] = ()
-    # and the budgets a joint run multiplies by the number of concepts unless the user set them, so
-    # that each concept gets the data and steps a run of its own would (images, steps).
-    SCALED_FIELDS: ClassVar[tuple[str, ...]] = ()
 
     model: str = option(help="base pipeline: a local diffusers folder, a Hub id (e.g. CompVis/stable-diffusion-v1-4), "
                              "or 'shapes' for the bundled model", group="model")

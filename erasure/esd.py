@@ -76,7 +76,6 @@ class EsdConfig(TrajectoryConfig):
     """ESD's settings; each field's help says where its default comes from."""
 
     ERASED_FIELDS: ClassVar[tuple[str, ...]] = ("forget_prompts",)  # several concepts: one sampled per step
-    SCALED_FIELDS: ClassVar[tuple[str, ...]] = ("steps", "num_images")
 
     steps: int = option(1000, help="optimizer steps", group="training")
     batch_size: int = option(1, help="samples per step and device", group="training")

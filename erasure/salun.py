@@ -88,7 +88,6 @@ class ForgetRetainConfig(SynthesisConfig, ForgetRetainData):
     ERASED_FIELDS: ClassVar[tuple[str, ...]] = ("forget_prompts",)
     PAIRED_FIELDS: ClassVar[dict] = {"misaligned_prompts": ("forget_prompts", "retain_prompts")}
     KEPT_FIELDS: ClassVar[tuple[str, ...]] = ("retain_prompts",)
-    SCALED_FIELDS: ClassVar[tuple[str, ...]] = ("num_images", "steps")
 
     misaligned_prompts: list[str] = option(
         default_factory=list, group=DATA, flag="--misaligned-prompt", metavar="TEXT",

@@ -28,8 +28,6 @@ def test_joint_settings_keep_pairs_drop_what_another_concept_erases_and_refuse_c
     assert joint.forget_prompts == ["a red circle", "a blue circle", "a red square"]
     assert joint.misaligned_prompts == ["a red star"] * 3  # expanded to stay paired with the forget prompts
     assert joint.retain_prompts == ["a red star", "a sky"] and sources["forget_prompts"] == "per concept"
-    assert (joint.steps, joint.num_images) == (200, 1600)  # each concept gets the budget of a run of its own
-    assert joint_config(apart, [{"steps": "user"}] * 2)[0].steps == 100  # unless the user set it
 
     with pytest.raises(EraseError, match="different learning_rate .*add sequential"):
         joint_config(per_concept_apart([circle, one("star", ["a red star"], ["a sky"], ["a sky"], rate=1e-3)]),
@@ -113,3 +111,23 @@ def test_evaluating_objects_and_colours_together_is_refused_in_one_line(tmp_path
                  "--output", str(tmp_path / "report")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "mix objects and colours" in err[0], err
+
+
+def test_matrix_row_and_multi_concept_score_judge_each_concept_on_its_own_prompts(tmp_path):
+    """The concept matrix's row and UA per concept, on judged labels made up here (no model)."""
+    from benchmarks.concept_matrix import WORLD, accuracy_row, heat_map
+    from sd_erasure.evaluation.metrics import score
+    from sd_erasure.evaluation.shapes import prompts
+
+    prompt_list = prompts()
+    # circle and square erased: circles are drawn as crosses, squares stay squares; red star prompts go wrong
+    objects = ["cross" if p.object == "circle" else p.object for p in prompt_list]
+    styles = ["green" if (p.style, p.object) == ("red", "star") else p.style for p in prompt_list]
+    row = accuracy_row(prompt_list, 1, objects, styles, ["circle", "square"])
+    assert row["circle"] == 0.0 and row["square"] == 1.0 and row["cross"] == 1.0
+    assert row["red"] == 2 / 3  # red prompts naming neither erased object: triangle, cross and star
+    result = score(prompt_list, 1, objects, styles, ["circle", "square"])
+    assert result["UA_by_concept"] == {"circle": 1.0, "square": 0.0} and result["UA"] == 0.5
+    assert result["IRA"] == 1.0 and result["CRA"] == 1 - 3 / 27  # 3 objects × 9 style words remain
+    heat_map(str(tmp_path / "map.png"), "test", {"circle": row})
+    assert (tmp_path / "map.png").stat().st_size > 0 and len(row) == len(WORLD)
