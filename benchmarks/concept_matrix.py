@@ -18,12 +18,15 @@ and per group.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
-WORLD = ("circle", "square", "triangle", "cross", "star", "red", "green", "blue", "yellow", "purple")
+from sd_erasure.evaluation.shapes import OBJECTS, STYLES, canonical_style
+
+WORLD = OBJECTS + STYLES
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.jsonl")
 
 
@@ -59,13 +62,11 @@ def base_images(args):
 def accuracy_row(prompt_list, per_prompt: int, objects, styles, erased: list[str]) -> dict[str, float]:
     """Judge accuracy per world concept: on images of prompts naming it (and, for a concept not
     erased, naming none of the erased ones)."""
-    from sd_erasure.evaluation.shapes import canonical_style
-
     expected = [p for p in prompt_list for _ in range(per_prompt)]
-    erased_set = {c if c in WORLD[:5] else canonical_style(c) for c in erased}
+    erased_set = {c if c in OBJECTS else canonical_style(c) for c in erased}
     row = {}
     for concept in WORLD:
-        is_object = concept in WORLD[:5]
+        is_object = concept in OBJECTS
         hits = [(objects if is_object else styles)[i] == concept for i, p in enumerate(expected)
                 if (p.object if is_object else p.style) == concept
                 and (concept in erased_set or not {p.object, p.style} & erased_set)]
@@ -99,11 +100,10 @@ def run_cell(args, method: str, cell: str) -> dict:
     images = {"base": base_images(args),
               "erased": generate(load_pipeline(resolve_model(out)), prompt_list, protocol, show_progress=False)}
     metrics, rows = {}, {}
+    one_kind = len({c in OBJECTS for c in concepts}) == 1  # UA/IRA/CRA keep their meaning (metrics.py)
     for name, batch in images.items():
         objects, styles = judge.classify(batch)
-        kinds = {c in WORLD[:5] for c in concepts}
-        metrics[name] = score(prompt_list, protocol.images_per_prompt, objects, styles, concepts) \
-            if len(kinds) == 1 else {}
+        metrics[name] = score(prompt_list, protocol.images_per_prompt, objects, styles, concepts) if one_kind else {}
         rows[name] = accuracy_row(prompt_list, protocol.images_per_prompt, objects, styles, concepts)
     retain = [i for i, p in enumerate(p for p in prompt_list for _ in range(protocol.images_per_prompt))
               if not {p.object, p.style} & set(concepts)]
@@ -120,8 +120,6 @@ def run_cell(args, method: str, cell: str) -> dict:
     with open(os.path.join(args.work, method, cell.replace(":", "-") + ".json"), "w") as f:
         json.dump(result, f, indent=1)
     if not args.keep_models:
-        import shutil
-
         shutil.rmtree(out)
     return result
 

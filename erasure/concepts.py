@@ -98,6 +98,7 @@ def joint_config(configs: list, sources: list[dict]) -> tuple:
     each value came from ("per concept" where the concepts' differ)."""
     first = configs[0]
     values, merged_sources = {"concept": [c.concept for c in configs]}, dict(sources[0])
+
     def same(name):
         return all(getattr(c, name) == getattr(first, name) for c in configs)
 

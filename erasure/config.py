@@ -87,7 +87,12 @@ class EraseConfig:
     @property
     def concepts(self) -> list[str]:
         """The concepts to erase, one or several."""
-        return [self.concept] if isinstance(self.concept, str) else list(self.concept)
+        return concept_list(self.concept)
+
+    @property
+    def one_after_another(self) -> bool:
+        """Several concepts erased by a run per concept: asked for, or the method takes one per run."""
+        return len(self.concepts) > 1 and (self.sequential or not self.ERASED_FIELDS)
 
     def check(self) -> None:
         """Reject impossible settings with one line that says what to do instead (cheap: no torch)."""
@@ -173,7 +178,7 @@ class TrainingConfig(EraseConfig):
                              "latest or a checkpoint-N folder")
         if self.until_erased and self.resume_from_checkpoint not in (None, "latest"):
             raise EraseError("`until_erased` resumes its rounds itself: pass `resume_from_checkpoint` latest")
-        if len(self.concepts) > 1 and (self.sequential or not self.ERASED_FIELDS):
+        if self.one_after_another:
             how = "with `sequential`" if self.ERASED_FIELDS else f"by {self.method}, which takes one concept per run"
             for name in ("until_erased", "resume_from_checkpoint"):
                 if getattr(self, name):
@@ -241,8 +246,13 @@ class TrajectoryConfig(TrainingConfig):
         self.require_positive("synthesis_steps", "synthesis_batch_size", "resolution")
 
 
+def concept_list(concept: str | list[str]) -> list[str]:
+    """A `concept` field's value (one concept, or a list of them) as a list."""
+    return [concept] if isinstance(concept, str) else list(concept)
+
+
 def check_concept(concept: str | list[str] | None) -> None:
-    concepts = [concept] if isinstance(concept, str) else concept
+    concepts = concept_list(concept) if isinstance(concept, (str, list, tuple)) else None
     if not isinstance(concepts, (list, tuple)) or not concepts or not all(isinstance(c, str) and c.strip()
                                                                           for c in concepts):
         raise EraseError("`concept` is empty: name what to erase, e.g. nudity or 'a cat'")

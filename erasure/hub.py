@@ -13,6 +13,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from ..hub_cards import MODEL_CARD_TEMPLATE
 
 from .. import __version__
+from .config import concept_list
 from .errors import EraseError
 from .folders import LORA_FILE
 from .profile import ModelProfile
@@ -134,7 +135,7 @@ def build_model_card(folder: str, repo_id: str, license: str | None = None, metr
                                    dataset_name=dataset, metric_type=key.lower(), metric_name=long,
                                    metric_value=round(float(metrics["erased"][key]), 4))
                         for key, _, long in METRIC_ROWS]
-    concepts = [record["concept"]] if isinstance(record["concept"], str) else record["concept"]
+    concepts = concept_list(record["concept"])
     card_data = ModelCardData(
         license=license, library_name="diffusers", pipeline_tag="text-to-image",
         base_model=base_id if _is_hub_id(base_id) else None,  # the Hub rejects a local path here

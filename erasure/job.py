@@ -77,7 +77,7 @@ def plan_erase(config: EraseConfig, base: BaseModel) -> Plan:
     if len(configs) == 1:
         return Plan(configs[0], filled[0][1], configs, configs)
     checks = per_concept_apart(configs)
-    if config.sequential or not config.ERASED_FIELDS:
+    if config.one_after_another:
         return Plan(replace(configs[0], concept=config.concepts), filled[0][1], configs, checks)
     joint, sources = joint_config(checks, [s for _, s in filled])
     joint.check()
@@ -131,7 +131,7 @@ def _one_after_another(method, pipeline, runs: list, session: Session) -> tuple[
     prompts = {}
     for record in records:
         for key, values in record.get("prompts", {}).items():
-            prompts.setdefault(key, []).extend(v for v in values if v not in prompts[key])
+            prompts[key] = list(dict.fromkeys(prompts.get(key, []) + values))
     summary = [[f"{shorten(r['concept'], 30)}: {row[0]}", row[1]] for r in records for row in r.get("summary", [])]
     return {"prompts": prompts, "summary": summary, "per_concept": records}, artifacts
 

@@ -9,8 +9,9 @@ positions), or truncated to `lora_rank`. Two errors are recorded per layer: `rel
 ‖ΔW − B·A‖/‖ΔW‖, what truncation lost of the edit, and `weight_error` ‖ΔW − B·A‖/‖W‖, how far the
 fused weight is from the erased one. A delta much smaller than its weight carries the float32
 rounding of the stored weights as a full-rank floor, dropped as noise: that shows in
-`relative_error` (1.5e-4 for a rank-1 delta 1e-4 of its weight) and not in `weight_error`. A LoRA cannot hold a changed bias, norm or embedding: those
-are listed under `not_in_adapter`, and a user who needs them takes the pipeline output. A layer
+`relative_error` (1.5e-4 for a rank-1 delta 1e-4 of its weight) and not in `weight_error`. A LoRA
+cannot hold a changed bias, norm or embedding: those are listed under `not_in_adapter`, and a user
+who needs them takes the pipeline output. A layer
 whose exact rank is close to full costs more as two factors than dense (r·(out + in) > out·in);
 the record says how many bytes the adapter takes against the changed tensors stored densely.
 """

@@ -221,9 +221,8 @@ class ConceptsCheck:
 
     def verdict(self, pipeline) -> dict:
         per_concept = {concept: check.verdict(pipeline) for concept, check in self.checks.items()}
-        told = {c: v for c, v in per_concept.items() if v["margin_remaining"] is not None}
-        worst = max(told, key=lambda c: told[c]["margin_remaining"]) if len(told) == len(per_concept) else \
-            next(c for c, v in per_concept.items() if v["margin_remaining"] is None)
+        untold = [c for c, v in per_concept.items() if v["margin_remaining"] is None]
+        worst = untold[0] if untold else max(per_concept, key=lambda c: per_concept[c]["margin_remaining"])
         drift = max(v["retain_drift"] for v in per_concept.values())
         return {**per_concept[worst], "worst_concept": worst, "erased": all(v["erased"] for v in per_concept.values()),
                 "retain_drift": drift, "retain_kept": drift <= RETAIN_BUDGET, "per_concept": per_concept}

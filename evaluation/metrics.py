@@ -20,6 +20,7 @@ import torch
 from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
+from ..erasure.config import concept_list
 from ..erasure.diffusion import seeded_generator
 
 from .judge import JudgeFeatures
@@ -73,7 +74,7 @@ def prompt_fidelity(pipeline, judge, protocol: Protocol = Protocol(), show_progr
 def erased_concepts(concept: str | list[str]) -> tuple[list[str], str]:
     """The erased concepts as a list, and their kind: several must all be objects or all colours,
     so that in-domain and cross-domain retain accuracy keep their meaning."""
-    concepts = [concept] if isinstance(concept, str) else list(concept)
+    concepts = concept_list(concept)
     kinds = {concept_kind(c) for c in concepts}
     if len(kinds) > 1:
         raise ValueError(f"{', '.join(concepts)} mix objects and colours: evaluate the objects and the colours "

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from ..erasure.config import concept_list
+
 SCALE = 2  # 32 px images are shown at 64 px
 
 
@@ -50,7 +52,7 @@ def write_report(folder: str, metrics: dict, images: dict, title: str) -> dict[s
         files[f"grid_{name}"] = os.path.join(folder, f"grid-{name}.png")
         image_grid(images[name], metrics["prompts"], per_prompt).save(files[f"grid_{name}"])
     protocol = ", ".join(f"{k} {v}" for k, v in metrics["protocol"].items())
-    concepts = metrics["concept"] if isinstance(metrics["concept"], str) else ", ".join(metrics["concept"])
+    concepts = ", ".join(concept_list(metrics["concept"]))
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:1em 0}}
