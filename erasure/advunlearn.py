@@ -163,7 +163,8 @@ def erase_pipeline(pipeline, config: AdvUnlearnConfig, session) -> tuple[dict, d
 
     from .data import base_trajectories, data_resolution
     from .diffusion import PrefixEmbeddings, encode_prompts, per_sample_mse, prefixed_token_ids, seeded_generator
-    from .training import fit, freeze, train_only
+    from .lora_training import TrainedWeights
+    from .training import fit, freeze
 
     accelerator, timer = session.accelerator, session.timer
     device = accelerator.device
@@ -189,8 +190,8 @@ def erase_pipeline(pipeline, config: AdvUnlearnConfig, session) -> tuple[dict, d
 
     trainable = [n for n, _ in text_encoder.named_parameters() if trains(n, config.train_layers)]
     freeze(unet)
-    parameters = train_only(text_encoder, trainable)
-    optimizer = torch.optim.Adam([parameters[n] for n in trainable], lr=config.learning_rate)
+    trained = TrainedWeights(pipeline, "text_encoder", trainable, config)
+    optimizer = torch.optim.Adam(trained.parameters, lr=config.learning_rate)
     model, optimizer = accelerator.prepare(text_encoder, optimizer)
     last_attack = _LastAttack()
     accelerator.register_for_checkpointing(last_attack)
@@ -278,9 +279,9 @@ def erase_pipeline(pipeline, config: AdvUnlearnConfig, session) -> tuple[dict, d
         logs, resumed_from = fit(
             accelerator, model, optimizer, compute_loss, config, checkpoint_dir=session.work_dir,
             step_callback=session.step_callback, show_progress=session.show_progress, description="AdvUnlearn")
-    freeze(text_encoder)
+    trained.finish()
     pipeline.to(device)
-    share = sum(parameters[n].numel() for n in trainable) / sum(p.numel() for p in parameters.values())
+    share = trained.scope_share
     record = {
         "prompts": {"forget": config.forget_prompts, "misaligned": config.misaligned_prompts or [""],
                     "retain": config.retain_prompts[:20]},  # the first 20 of
@@ -307,7 +308,8 @@ def erase_pipeline(pipeline, config: AdvUnlearnConfig, session) -> tuple[dict, d
                          f"mixed precision {config.mixed_precision}, seed {config.seed}"],
         ],
     }
-    return record, {}
+    trained.add_to(record, config)
+    return record, trained.artifacts()
 
 
 def _nearest_tokens(tokenizer, word_embeddings, vectors) -> list[list[str]] | None:

@@ -97,7 +97,8 @@ def erase_pipeline(pipeline, config: ConceptAblationConfig, session) -> tuple[di
     from .data import training_latents
     from .diffusion import encode_prompts, epoch_indices, noise_batch, per_sample_mse, prediction_target, stack_embeddings
     from .esd import TRAIN_METHODS, trained_parameters
-    from .training import fit, freeze, train_only
+    from .lora_training import TrainedWeights
+    from .training import fit
 
     accelerator, timer = session.accelerator, session.timer
     device = accelerator.device
@@ -113,8 +114,8 @@ def erase_pipeline(pipeline, config: ConceptAblationConfig, session) -> tuple[di
     pipeline.vae.to("cpu")
 
     trainable = trained_parameters(unet, ESD_GROUP[config.train_method])
-    parameters = train_only(unet, trainable, config.gradient_checkpointing)
-    optimizer = torch.optim.AdamW([parameters[n] for n in trainable], lr=config.learning_rate,
+    trained = TrainedWeights(pipeline, "unet", trainable, config, config.gradient_checkpointing)
+    optimizer = torch.optim.AdamW(trained.parameters, lr=config.learning_rate,
                                   weight_decay=config.weight_decay, fused=device.type in ("cuda", "cpu"))
     model, optimizer = accelerator.prepare(unet, optimizer)
     noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
@@ -160,9 +161,9 @@ def erase_pipeline(pipeline, config: ConceptAblationConfig, session) -> tuple[di
             accelerator, model, optimizer, compute_loss, config, checkpoint_dir=session.work_dir,
             step_callback=session.step_callback, show_progress=session.show_progress, description="CA",
             max_grad_norm=config.max_grad_norm)
-    freeze(unet)
+    trained.finish()
     pipeline.to(device)
-    share = sum(parameters[n].numel() for n in trainable) / sum(p.numel() for p in parameters.values())
+    share = trained.scope_share
     record = {
         "prompts": {"forget": forget, "anchor": anchors},
         "data": {"anchor_size": len(data)},
@@ -184,4 +185,5 @@ def erase_pipeline(pipeline, config: ConceptAblationConfig, session) -> tuple[di
                          f"mixed precision {config.mixed_precision}, seed {config.seed}"],
         ],
     }
-    return record, {}
+    trained.add_to(record, config)
+    return record, trained.artifacts()

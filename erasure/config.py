@@ -23,6 +23,7 @@ from typing import ClassVar, Literal
 from .errors import EraseError, shorten
 
 MixedPrecision = Literal["no", "fp16", "bf16"]
+DEFAULT_LORA_RANK = 4
 # Samplers by the short names the CLI takes (erasure.diffusion.SCHEDULERS maps them to diffusers classes).
 Sampler = Literal["ddim", "pndm", "euler", "dpm"]
 
@@ -78,11 +79,15 @@ class EraseConfig:
                                             "(runs code: trusted sources only)")
     cache_dir: str | None = option(None, help="where synthesized/encoded latents are cached "
                                               "(default: $SD_ERASURE_CACHE or ~/.cache/sd-erasure)")
-    output_format: Literal["pipeline", "lora", "both"] = option(
-        "pipeline", group="model", help="what OUT holds: the erased pipeline, the erasure as a LoRA that "
-                                        "pipe.load_lora_weights(OUT) loads onto the base model, or both")
-    lora_rank: int | None = option(None, group="model", help="with --output-format lora|both: the adapter's rank "
-                                                            "per layer (default: each delta's own rank, exact)")
+    output_format: Literal["pipeline", "lora", "both"] | None = option(
+        None, group="model", help="what OUT holds: the erased pipeline, the erasure as a LoRA that "
+                                  "pipe.load_lora_weights(OUT) loads onto the base model, or both "
+                                  "(default: lora with --adapter lora, else pipeline)")
+    lora_rank: int | None = option(None, group="model", help="the LoRA's rank per layer: with --adapter lora the "
+                                                            "rank trained (default 4, as diffusers' LoRA training "
+                                                            "scripts); else the rank --output-format lora|both "
+                                                            "factors the erased delta to (default: each delta's "
+                                                            "own rank, exact)")
 
     @property
     def concepts(self) -> list[str]:
@@ -99,8 +104,13 @@ class EraseConfig:
         check_concept(self.concept)
         check_choices(self)
         self.require_positive("lora_rank")
-        if self.lora_rank is not None and self.output_format == "pipeline":
+        if self.lora_rank is not None and self.output_format == "pipeline" and not self.trains_lora:
             raise EraseError("`lora_rank` sets the adapter's rank: add `output_format` lora or both")
+
+    @property
+    def trains_lora(self) -> bool:
+        """Whether the method trains a LoRA in place of its weights (TrainingConfig's `adapter` lora)."""
+        return False
 
     def require_positive(self, *names: str) -> None:
         for name in names:
@@ -125,7 +135,13 @@ class EraseConfig:
                     if f.metadata.get("official") is not None and is_unset(getattr(config, f.name))}
         official.update({k: v for k, v in config.concept_defaults().items() if is_unset(getattr(config, k))})
         sources.update({k: "official default" for k in official})
-        return replace(config, **official), sources
+        config = replace(config, **official)
+        implied = {"output_format": "lora" if config.trains_lora else "pipeline"}
+        if config.trains_lora:  # diffusers' LoRA training scripts: rank 4, alpha = rank (scale 1)
+            implied |= {"lora_rank": DEFAULT_LORA_RANK, "lora_alpha": float(config.lora_rank or DEFAULT_LORA_RANK)}
+        implied = {k: v for k, v in implied.items() if is_unset(getattr(config, k))}
+        sources.update(dict.fromkeys(implied, "default"))
+        return replace(config, **implied), sources
 
     def concept_defaults(self) -> dict:
         """Official defaults that follow from the concept or from other fields (methods override)."""
@@ -165,10 +181,35 @@ class TrainingConfig(EraseConfig):
                                 "the learning rate (and, where the method has one, a narrower scope) to what the "
                                 "self-check measured, until it finds the concept gone within the retain budget")
     max_rounds: int = option(5, group="self-check", help="with --until-erased: erases at most")
+    adapter: Literal["full", "lora"] = option(
+        "full", group="adapter", help="train the method's weights themselves, or a LoRA (peft) on their layers: "
+                                      "gradients and optimizer state for the adapter's factors alone; the output "
+                                      "is the adapter (--output-format both adds the fused pipeline)")
+    lora_alpha: float | None = option(None, group="adapter", help="with --adapter lora: the LoRA's scale is "
+                                                                 "alpha / rank (default: the rank, scale 1)")
+    lora_target_modules: list[str] = option(
+        default_factory=list, group="adapter", flag="--lora-target-module", metavar="NAME",
+        help="with --adapter lora: only the method's layers whose names end with NAME (repeatable, e.g. to_k); "
+             "default: every Linear and Conv2d layer the method trains")
+    # why a method cannot train a LoRA in place of its weights ("": it can)
+    NO_LORA_TRAINING: ClassVar[str] = ""
+
+    @property
+    def trains_lora(self) -> bool:
+        return self.adapter == "lora"
 
     def check(self) -> None:
         super().check()
-        self.require_positive("steps", "batch_size", "gradient_accumulation_steps", "max_rounds")
+        self.require_positive("steps", "batch_size", "gradient_accumulation_steps", "max_rounds", "lora_alpha")
+        if not self.trains_lora and (self.lora_alpha is not None or self.lora_target_modules):
+            given = "lora_alpha" if self.lora_alpha is not None else "lora_target_modules"
+            raise EraseError(f"`{given}` configures a trained LoRA: add `adapter` lora")
+        if self.trains_lora and self.NO_LORA_TRAINING:
+            raise EraseError(f"`adapter` lora is not available for {self.method}: {self.NO_LORA_TRAINING}; train it "
+                             "with `adapter` full (`output_format` lora still writes the erasure as a LoRA)")
+        if self.trains_lora and self.one_after_another:
+            raise EraseError("`adapter` lora trains one adapter per run, and these concepts are erased one after "
+                             "another: erase one concept per run, or use `adapter` full with `output_format` lora")
         if self.learning_rate is not None and self.learning_rate < 0:  # 0 is a dry run: everything but the update
             raise EraseError(f"`learning_rate` must be 0 or more, got {self.learning_rate}")
         if self.checkpointing_steps < 0:

@@ -77,14 +77,15 @@ def erase_pipeline(pipeline, config: EraseDiffConfig, session) -> tuple[dict, di
         forget, retain = build_sets(pipeline, config, accelerator, session.model_key, session.show_progress)
     with timer.phase("unlearning"):
         trainable = [n for n, _ in pipeline.unet.named_parameters() if in_scope(n, config.scope)]
-        logs, resumed_from, optimizer_state = unlearn(pipeline, forget, retain, trainable, None, config, accelerator,
-                                                      session.work_dir, session.step_callback, session.show_progress)
+        logs, resumed_from, optimizer_state, trained = unlearn(
+            pipeline, forget, retain, trainable, None, config, accelerator, session.work_dir, session.step_callback,
+            session.show_progress)
     pipeline.to(accelerator.device)  # unlearn() parked the text encoder and VAE on the CPU
-    record = unlearning_record(config, forget, retain, logs, resumed_from, optimizer_state)
+    record = unlearning_record(config, forget, retain, logs, resumed_from, optimizer_state, trained)
     record["summary"] += [
         ["objective", f"{config.steps} Adam steps over `{config.scope}`, batch {config.batch_size}, learning rate "
                       f"{config.learning_rate}: retain loss + {config.forget_loss_weight} × forget images steered to "
                       f"the misaligned prompt's prediction (from the {config.misaligned_target} model); "
                       f"mixed precision {config.mixed_precision}, seed {config.seed}"],
     ]
-    return record, {}
+    return record, trained.artifacts()

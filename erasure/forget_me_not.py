@@ -135,7 +135,8 @@ def erase_pipeline(pipeline, config: ForgetMeNotConfig, session) -> tuple[dict, 
     from .data import training_latents
     from .diffusion import encode_prompts, epoch_indices, noise_batch, stack_embeddings
     from .saliency import in_scope
-    from .training import fit, freeze, train_only
+    from .lora_training import TrainedWeights
+    from .training import fit
 
     accelerator, timer = session.accelerator, session.timer
     device, unet = accelerator.device, pipeline.unet
@@ -155,8 +156,8 @@ def erase_pipeline(pipeline, config: ForgetMeNotConfig, session) -> tuple[dict, 
         if name.endswith("attn2"):
             module.set_processor(ExplicitAttention(probe.observe))
     trainable = [n for n, _ in unet.named_parameters() if in_scope(n, config.scope)]
-    parameters = train_only(unet, trainable, config.gradient_checkpointing)
-    optimizer = torch.optim.AdamW([parameters[n] for n in trainable], lr=config.learning_rate,
+    trained = TrainedWeights(pipeline, "unet", trainable, config, config.gradient_checkpointing)
+    optimizer = torch.optim.AdamW(trained.parameters, lr=config.learning_rate,
                                   weight_decay=config.weight_decay, fused=device.type in ("cuda", "cpu"))
     model, optimizer = accelerator.prepare(unet, optimizer)
     noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
@@ -185,9 +186,9 @@ def erase_pipeline(pipeline, config: ForgetMeNotConfig, session) -> tuple[dict, 
             step_callback=session.step_callback, show_progress=session.show_progress, description="FMN",
             max_grad_norm=config.max_grad_norm)
     unet.set_attn_processor(own_processors)
-    freeze(unet)
+    trained.finish()
     pipeline.to(device)
-    share = sum(parameters[n].numel() for n in trainable) / sum(p.numel() for p in parameters.values())
+    share = trained.scope_share
     tokenizer = pipeline.tokenizer
     words = {p: tokenizer.decode([i for i, keep in zip(tokenizer(p, padding="max_length", truncation=True,
                                                                  max_length=tokenizer.model_max_length).input_ids, m)
@@ -213,4 +214,5 @@ def erase_pipeline(pipeline, config: ForgetMeNotConfig, session) -> tuple[dict, 
                          f"mixed precision {config.mixed_precision}, seed {config.seed}"],
         ],
     }
-    return record, {}
+    trained.add_to(record, config)
+    return record, trained.artifacts()

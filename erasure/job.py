@@ -287,7 +287,7 @@ def erase(config: EraseConfig, step_callback=None, show_progress=True) -> EraseR
         with session.timer.phase("save"):
             if config.output_format != "pipeline":
                 method_record["lora"] = save_lora(pipeline, base.path, output.partial, changed_names,
-                                                  config.lora_rank)
+                                                  config.lora_rank, artifacts.get("lora_layers"))
                 _warn_not_in_adapter(method_record["lora"], accelerator)
             if config.output_format != "lora":
                 save_stock_pipeline(pipeline, output.partial, base_folder=base.path)

@@ -40,17 +40,29 @@ def lora_factors(delta: torch.Tensor, rank: int | None) -> tuple[torch.Tensor, t
     return a.to("cpu", delta.dtype).contiguous(), b.to("cpu", delta.dtype).contiguous(), error
 
 
+def factor_error(delta: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖ΔW − B·A‖/‖ΔW‖ of given factors (conv factors as lora_factors makes them)."""
+    matrix = delta.reshape(delta.shape[0], -1).float()
+    product = b.reshape(b.shape[0], -1).float().to(matrix.device) @ a.reshape(a.shape[0], -1).float().to(matrix.device)
+    return float(torch.linalg.norm(matrix - product) / torch.linalg.norm(matrix))
+
+
 def erased_delta_as_lora(pipeline, base_path: str, changed: dict[str, list[str]],
-                         rank: int | None = None) -> tuple[dict, dict]:
+                         rank: int | None = None, trained: dict | None = None) -> tuple[dict, dict]:
     """Per component ("unet", "text_encoder"), the LoRA state dict of the `changed` tensors (by
     component, as model_io.changed_weights finds them) against the base model's safetensors files;
-    and the record: rank and error per layer, sizes, what a LoRA cannot hold."""
+    and the record: rank and error per layer, sizes, what a LoRA cannot hold. `trained` holds a
+    trained LoRA's factors per component (`adapter lora`): a layer that has them keeps them, its
+    errors measured against the delta as for a factorised one."""
     from safetensors import safe_open
 
-    layers, record = {}, {"rank": rank, "layers": {}, "not_in_adapter": [], "adapter_bytes": 0, "dense_bytes": 0}
+    trained = trained or {}
+    layers, record = {}, {"rank": rank, "layers": {}, "not_in_adapter": [], "adapter_bytes": 0, "dense_bytes": 0,
+                          "trained": bool(trained)}
     for component in ("unet", "text_encoder"):
         model = getattr(pipeline, component)
         state, lora, wanted = model.state_dict(), {}, set(changed.get(component, ()))
+        factors = trained.get(component, {})
         for file in weight_files(os.path.join(base_path, component)):
             with safe_open(file, framework="pt") as f:
                 for name in sorted(wanted.intersection(f.keys())):  # only what changed is read again
@@ -61,7 +73,11 @@ def erased_delta_as_lora(pipeline, base_path: str, changed: dict[str, list[str]]
                     if kind != "weight" or not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
                         record["not_in_adapter"].append(f"{component}.{name}")
                         continue
-                    a, b, error = lora_factors(delta, rank)
+                    if f"{module_name}.lora_A.weight" in factors:
+                        a, b = factors[f"{module_name}.lora_A.weight"], factors[f"{module_name}.lora_B.weight"]
+                        error = factor_error(delta, a, b)
+                    else:
+                        a, b, error = lora_factors(delta, rank)
                     lora[f"{module_name}.lora_A.weight"], lora[f"{module_name}.lora_B.weight"] = a, b
                     record["layers"][f"{component}.{module_name}"] = {
                         "rank": a.shape[0], "relative_error": error,
@@ -75,11 +91,12 @@ def erased_delta_as_lora(pipeline, base_path: str, changed: dict[str, list[str]]
     return layers, record
 
 
-def save_lora(pipeline, base_path: str, folder: str, changed: dict[str, list[str]], rank: int | None = None) -> dict:
+def save_lora(pipeline, base_path: str, folder: str, changed: dict[str, list[str]], rank: int | None = None,
+              trained: dict | None = None) -> dict:
     """Write `folder`/pytorch_lora_weights.safetensors for the erasure held by `pipeline`; its record."""
     from diffusers import StableDiffusionPipeline
 
-    layers, record = erased_delta_as_lora(pipeline, base_path, changed, rank)
+    layers, record = erased_delta_as_lora(pipeline, base_path, changed, rank, trained)
     StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers.get("unet"),
                                               text_encoder_lora_layers=layers.get("text_encoder"))
     record["file"] = LORA_FILE

@@ -250,22 +250,24 @@ def forget_gradient_magnitudes(pipeline, forget: "LatentSet", names: list[str], 
 def unlearn(pipeline, forget: "LatentSet", retain: "LatentSet", trainable: list[str], saliency_mask: dict | None,
             config: ForgetRetainConfig, accelerator,
             checkpoint_dir: str | None = None, step_callback: Callable[[int, dict], None] | None = None,
-            show_progress=True) -> tuple[dict, int, dict]:
+            show_progress=True) -> tuple[dict, int, dict, "TrainedWeights"]:
     """Masked fine-tuning of pipeline.unet in place; returns the last step's losses, the step it resumed
-    from and the optimizer state's size (with what dense Adam over the trained tensors would hold).
+    from, the optimizer state's size (with what dense Adam over the trained tensors would hold) and
+    what trained (its LoRA factors, with `adapter` lora).
 
     Only entries the mask allows move, and only they get optimizer state (MaskedAdam); a soft
     mask (floats in [0, 1]) scales each entry's update. Without a mask every entry of the
-    `trainable` UNet parameters moves, under plain Adam. The loss is
-    config.unlearning_objective()'s weighted forget and retain terms.
+    `trainable` UNet parameters moves, under plain Adam; so does a LoRA on their layers, the
+    mask having chosen the layers. The loss is config.unlearning_objective()'s weighted forget and
+    retain terms.
     """
     import torch
     from diffusers import DDPMScheduler
-    from torch.func import functional_call
 
     from .diffusion import encode_prompts, epoch_indices, noise_batch, per_sample_mse, prediction_target, stack_embeddings
+    from .lora_training import TrainedWeights
     from .masked_adam import MaskedAdam
-    from .training import fit, freeze, frozen_copy, train_only
+    from .training import fit
 
     unet, device = pipeline.unet, accelerator.device
     forget_weight, retain_weight, forget_target = config.unlearning_objective()
@@ -275,15 +277,15 @@ def unlearn(pipeline, forget: "LatentSet", retain: "LatentSet", trainable: list[
     pipeline.text_encoder.to("cpu")  # frozen and no longer needed: keep accelerator memory for training
     pipeline.vae.to("cpu")
 
-    # A frozen target needs the base values of the trained tensors only (taken before a resume loads a checkpoint).
-    base_values = (frozen_copy(unet, trainable) if config.misaligned_target == "base" and forget_target == "misaligned"
-                   else None)
-    parameters = train_only(unet, trainable, config.gradient_checkpointing)
-    if saliency_mask is None:
-        adam = torch.optim.Adam([parameters[n] for n in trainable], lr=config.learning_rate,
-                                fused=device.type in ("cuda", "cpu"))
+    frozen_target = config.misaligned_target == "base" and forget_target == "misaligned"
+    dense_bytes = sum(8 * p.numel() + 4 for n, p in unet.named_parameters() if n in set(trainable))
+    # (the frozen target's base values are taken here, before a resume loads a checkpoint)
+    trained = TrainedWeights(pipeline, "unet", trainable, config, config.gradient_checkpointing, frozen_target)
+    if saliency_mask is None or trained.lora:
+        adam = torch.optim.Adam(trained.parameters, lr=config.learning_rate, fused=device.type in ("cuda", "cpu"))
     else:
-        adam = MaskedAdam([(parameters[n], saliency_mask[n]) for n in trainable], lr=config.learning_rate)
+        adam = MaskedAdam([(p, saliency_mask[n]) for n, p in zip(trained.names, trained.parameters)],
+                          lr=config.learning_rate)
     model, optimizer = accelerator.prepare(unet, adam)
 
     per_process, processes = config.batch_size, accelerator.num_processes
@@ -313,8 +315,8 @@ def unlearn(pipeline, forget: "LatentSet", retain: "LatentSet", trainable: list[
             else:
                 with torch.no_grad():
                     inputs = (noisy_forget, t_forget, misaligned_emb)
-                    target = (functional_call(accelerator.unwrap_model(model), base_values, inputs) if base_values
-                              else accelerator.unwrap_model(model)(*inputs)).sample
+                    unwrapped = accelerator.unwrap_model(model)
+                    target = (trained.base_output(unwrapped, *inputs) if frozen_target else unwrapped(*inputs)).sample
             # forget and retain branches in one forward: GroupNorm is per sample, so this is exact
             prediction = model(torch.cat([noisy_forget, noisy_retain]), torch.cat([t_forget, t_retain]),
                                torch.cat([forget_emb, retain_emb])).sample
@@ -328,10 +330,11 @@ def unlearn(pipeline, forget: "LatentSet", retain: "LatentSet", trainable: list[
     logs, resumed_from = fit(
         accelerator, model, optimizer, compute_loss, config, checkpoint_dir=checkpoint_dir,
         step_callback=step_callback, show_progress=show_progress, description="unlearning")
-    freeze(unet)
-    dense_bytes = sum(8 * parameters[n].numel() + 4 for n in trainable)
-    state = {"bytes": dense_bytes if saliency_mask is None else adam.state_bytes(), "dense_adam_bytes": dense_bytes}
-    return logs, resumed_from, state
+    trained.finish()
+    masked = saliency_mask is not None and not trained.lora
+    state = {"bytes": adam.state_bytes() if masked else sum(8 * p.numel() + 4 for p in trained.parameters),
+             "dense_adam_bytes": dense_bytes}
+    return logs, resumed_from, state, trained
 
 
 def build_sets(pipeline, config: ForgetRetainConfig, accelerator, model_key: str, show_progress=True):
@@ -361,11 +364,12 @@ def erase_pipeline(pipeline, config: SalUnConfig, session) -> tuple[dict, dict]:
     with timer.phase("unlearning"):
         # only parameters with a salient entry train: the rest get no gradient, no optimizer state
         trainable = [n for n, _ in pipeline.unet.named_parameters() if mask[n].any()]
-        logs, resumed_from, optimizer_state = unlearn(pipeline, forget, retain, trainable, mask, config, accelerator,
-                                                      session.work_dir, session.step_callback, session.show_progress)
+        logs, resumed_from, optimizer_state, trained = unlearn(
+            pipeline, forget, retain, trainable, mask, config, accelerator, session.work_dir, session.step_callback,
+            session.show_progress)
     pipeline.to(accelerator.device)  # unlearn() parked the text encoder and VAE on the CPU
     density, mean_weight, per_layer = mask_densities(mask)
-    record = unlearning_record(config, forget, retain, logs, resumed_from, optimizer_state)
+    record = unlearning_record(config, forget, retain, logs, resumed_from, optimizer_state, trained)
     record["mask"] = {"ratio": config.mask_ratio, "scope": config.scope, "ranking": config.mask_ranking,
                       "density": density, "mean_weight": mean_weight, "layer_density": per_layer}
     record["summary"] += [
@@ -375,17 +379,18 @@ def erase_pipeline(pipeline, config: SalUnConfig, session) -> tuple[dict, dict]:
                        f"retain loss weight {config.retain_loss_weight}, target from the {config.misaligned_target} "
                        f"model, mixed precision {config.mixed_precision}, seed {config.seed}"],
     ]
-    return record, {"saliency_mask": mask}
+    return record, {"saliency_mask": mask, **trained.artifacts()}
 
 
 def unlearning_record(config: ForgetRetainConfig, forget, retain, logs: dict, resumed_from: int,
-                      optimizer_state: dict) -> dict:
-    """The erasure.json fields of a forget/retain fine-tune (SalUn, ScissorHands), the data line of its summary first."""
+                      optimizer_state: dict, trained) -> dict:
+    """The erasure.json fields of a forget/retain fine-tune (SalUn, ScissorHands, EraseDiff), the data line of
+    its summary first."""
     data = (f"{len(forget)} / {len(retain)} images "
             + ("from folders" if config.forget_images or config.retain_images
                else f"generated by the base model ({config.synthesis_steps} {config.synthesis_scheduler or 'pipeline-sampler'} "
                  f"steps, guidance {config.synthesis_guidance_scale})"))
-    return {
+    record = {
         "prompts": {"forget": config.forget_prompts, "retain": config.retain_prompts,
                     "misaligned": config.misaligned_prompts},
         "data": {"forget_size": len(forget), "retain_size": len(retain)},
@@ -395,6 +400,8 @@ def unlearning_record(config: ForgetRetainConfig, forget, retain, logs: dict, re
         "optimizer_state": optimizer_state,
         "summary": [["forget / retain set", data]],
     }
+    trained.add_to(record, config)
+    return record
 
 
 def _mask_kind(mask) -> str:

@@ -9,6 +9,7 @@ which is the property the paper credits for SalUn's advantage.
 """
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .salun import SalUnConfig
 
@@ -16,6 +17,8 @@ from .salun import SalUnConfig
 @dataclass
 class SalUnSoftConfig(SalUnConfig):
     """SalUn's settings; `mask_ratio` sets where the soft mask reaches weight 1."""
+
+    NO_LORA_TRAINING: ClassVar[str] = "its soft mask scales each weight's own update, which a low-rank adapter cannot"
 
     def saliency_mask(self, gradients: dict) -> dict:
         from .saliency import soft_saliency_mask_from_scores

@@ -25,7 +25,7 @@ covers the scope. Data, prompts and the training loop are SalUn's (erasure/salun
 
 import os
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import ClassVar, Literal
 
 from .config import option
 from .errors import EraseError
@@ -49,6 +49,9 @@ PROTOCOL_DEFAULTS = {
 @dataclass
 class ScissorHandsConfig(ForgetRetainConfig):
     """ScissorHands' settings; each field's help says where its default comes from."""
+
+    NO_LORA_TRAINING: ClassVar[str] = ("it re-initialises single weights before the repair, which an adapter "
+                                       "trained from the base weights cannot")
 
     steps: int | None = option(None, official=250, group="training",
                                help="optimizer steps of the repair (official: 5 epochs of 800 forget images at batch 16)")
@@ -155,14 +158,15 @@ def erase_pipeline(pipeline, config: ScissorHandsConfig, session) -> tuple[dict,
         reset_weights(unet, reset_mask, config.reset_init, config.seed)
     with timer.phase("repair"):  # dense: every weight of the scope moves
         trainable = [n for n, _ in shapes if in_scope(n, config.scope)]
-        logs, resumed_from, optimizer_state = unlearn(pipeline, forget, retain, trainable, None, config, accelerator,
-                                                      session.work_dir, session.step_callback, session.show_progress)
+        logs, resumed_from, optimizer_state, trained = unlearn(
+            pipeline, forget, retain, trainable, None, config, accelerator, session.work_dir, session.step_callback,
+            session.show_progress)
     pipeline.to(accelerator.device)  # unlearn() parked the text encoder and VAE on the CPU
     reset_share, _, per_layer = mask_densities(reset_mask)
     objective = ("forget images steered to the misaligned prompt's prediction (from the "
                  f"{config.misaligned_target} model)" if config.forget_objective == "misaligned"
                  else "the forget images' denoising loss ascended")
-    record = unlearning_record(config, forget, retain, logs, resumed_from, optimizer_state)
+    record = unlearning_record(config, forget, retain, logs, resumed_from, optimizer_state, trained)
     record["reset"] = {"ratio": config.reset_ratio, "scope": config.scope, "init": config.reset_init,
                        "share_of_unet": reset_share, "layer_share": {n: v for n, v in per_layer.items() if v}}
     record["summary"] += [

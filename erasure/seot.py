@@ -69,7 +69,7 @@ class SeotConfig(EraseConfig):
 
     def check(self) -> None:
         super().check()
-        if self.output_format != "pipeline":
+        if self.output_format not in (None, "pipeline"):
             raise EraseError("SEOT changes no weight, so there is no LoRA to write: use `output_format` pipeline")
         if self.sequential and len(self.concepts) > 1:
             raise EraseError("SEOT suppresses every concept's words in one pipeline: leave out `sequential`")
