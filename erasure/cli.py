@@ -181,12 +181,10 @@ def cmd_apply(args) -> int:
     output.check_writable()
     model = resolve_model(args.model, args.revision, args.allow_pickle)
     record = check_adapter_fits(args.adapter, model.path, model.name)
-    from .model_io import changed_weights, load_pipeline, save_stock_pipeline
+    from .model_io import changed_weights, fuse_adapter, load_pipeline, save_stock_pipeline
 
     pipeline = load_pipeline(model, args.allow_pickle)
-    pipeline.load_lora_weights(args.adapter)
-    pipeline.fuse_lora()
-    pipeline.unload_lora_weights()
+    fuse_adapter(pipeline, args.adapter)
     output.begin()
     save_stock_pipeline(pipeline, output.partial, base_folder=model.path)
     changed, _ = changed_weights(pipeline, model.path)

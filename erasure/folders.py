@@ -156,6 +156,11 @@ class OutputFolder:
         os.rename(self.partial, self.path)
 
 
+def is_adapter_only(folder: str) -> bool:
+    """An `--output-format lora` output: the LoRA and erasure.json, no pipeline."""
+    return os.path.isfile(os.path.join(folder, LORA_FILE)) and not os.path.isfile(os.path.join(folder, "model_index.json"))
+
+
 def base_of(model: str) -> str | None:
     """The base model an erase output names in its erasure.json (None for any other folder)."""
     record = os.path.join(model, "erasure.json")

@@ -15,7 +15,7 @@ from ..hub_cards import MODEL_CARD_TEMPLATE
 from .. import __version__
 from .config import concept_list
 from .errors import EraseError
-from .folders import LORA_FILE
+from .folders import is_adapter_only
 from .profile import ModelProfile
 from .registry import methods
 
@@ -50,11 +50,6 @@ def require_token() -> str:
     if not token:
         raise EraseError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (never pass a token on the command line)")
     return token
-
-
-def is_adapter_only(folder: str) -> bool:
-    """An `--output-format lora` output: the LoRA and erasure.json, no pipeline."""
-    return os.path.isfile(os.path.join(folder, LORA_FILE)) and not os.path.isfile(os.path.join(folder, "model_index.json"))
 
 
 def read_erase_output(folder: str) -> dict:

@@ -14,6 +14,8 @@ cannot hold a changed bias, norm or embedding: those are listed under `not_in_ad
 who needs them takes the pipeline output. A layer
 whose exact rank is close to full costs more as two factors than dense (r·(out + in) > out·in);
 the record says how many bytes the adapter takes against the changed tensors stored densely.
+A LoRA the method trained (`adapter lora`, erasure/lora_training.py) is written as it trained, its
+errors measured the same way.
 """
 
 import json

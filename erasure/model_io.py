@@ -47,6 +47,30 @@ def load_pipeline(base: BaseModel, allow_pickle: bool = False):
         raise EraseError(f"could not load {base.name}: {err}".splitlines()[0]) from err
 
 
+def fuse_adapter(pipeline, adapter: str) -> None:
+    """Load an erase output's LoRA onto `pipeline` and fuse it into the weights, as plain diffusers does."""
+    pipeline.load_lora_weights(adapter)
+    pipeline.fuse_lora()
+    pipeline.unload_lora_weights()
+
+
+def load_model_or_adapter(model: str, allow_pickle: bool = False):
+    """A model to generate with: a pipeline folder, a Hub id or `shapes`; or an `output_format lora`
+    erase output, loaded onto the base model its erasure.json names and fused (what `sd-erase apply` writes)."""
+    from .folders import is_adapter_only, resolve_model
+    from .lora_export import check_adapter_fits
+
+    if not (os.path.isdir(model) and is_adapter_only(model)):
+        return load_pipeline(resolve_model(model, allow_pickle=allow_pickle), allow_pickle)
+    with open(os.path.join(model, "erasure.json")) as f:
+        made_on = json.load(f)["base_model"]
+    base = resolve_model(made_on["id"], made_on.get("revision"), allow_pickle)
+    check_adapter_fits(model, base.path, base.name)
+    pipeline = load_pipeline(base, allow_pickle)
+    fuse_adapter(pipeline, model)
+    return pipeline
+
+
 def save_stock_pipeline(pipeline, folder: str, base_folder: str | None = None, **save_kwargs) -> None:
     """Save as a stock `StableDiffusionPipeline` (what plain `DiffusionPipeline.from_pretrained` loads).
 

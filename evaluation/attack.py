@@ -33,8 +33,8 @@ from safetensors.torch import load_file, save_file
 
 from ..erasure.diffusion import PrefixEmbeddings, prediction_target, prefixed_token_ids, seeded_generator
 from ..erasure.errors import EraseError
-from ..erasure.folders import OutputFolder, differing_keys, resolve_model
-from ..erasure.model_io import load_pipeline
+from ..erasure.folders import OutputFolder, differing_keys
+from ..erasure.model_io import load_model_or_adapter
 from .generate import process_state
 from .report import attack_report, uint8_images
 
@@ -320,7 +320,7 @@ def run_attack(suite: AttackSuite, model: str, output_dir: str, base: str, setti
             json.dump(run, f, indent=1)
     state.wait_for_everyone()
 
-    pipelines = {name: load_pipeline(resolve_model(path)).to(state.device) for name, path in (("base", base), ("erased", model))}
+    pipelines = {name: load_model_or_adapter(path).to(state.device) for name, path in (("base", base), ("erased", model))}
     for pipeline in pipelines.values():
         pipeline.set_progress_bar_config(disable=True)
     candidates = candidate_tokens(pipelines["erased"].tokenizer, suite.banned)

@@ -26,6 +26,7 @@ NO_STYLE_COLORS = ((128, 128, 128), (25, 25, 25))
 TEMPLATES = ("a {style} {object}", "a drawing of a {style} {object}", "a {style} {object} on a white background")
 NONE = "none"
 SIZE = 32
+RADIUS = (6.5, 11.5)  # a shape's size range, in pixels
 _SUPERSAMPLE = 4  # drawn at 128 px and downsampled: smooth edges
 
 
@@ -75,12 +76,12 @@ def _shape_points(obj: str, cx: float, cy: float, r: float, angle: float):
     raise ValueError(obj)
 
 
-def render(obj: str, color: tuple[int, int, int], rng: random.Random) -> Image.Image:
-    """One object of `color` on white, random size and position (and orientation for polygons)."""
+def render(obj: str, color: tuple[int, int, int], rng: random.Random, radius=RADIUS) -> Image.Image:
+    """One object of `color` on white, random size in `radius` and position (and orientation for polygons)."""
     s = _SUPERSAMPLE
     image = Image.new("RGB", (SIZE * s, SIZE * s), (255, 255, 255))
     draw = ImageDraw.Draw(image)
-    r = rng.uniform(6.5, 11.5)
+    r = rng.uniform(*radius)
     cx, cy = rng.uniform(r + 1, SIZE - r - 1), rng.uniform(r + 1, SIZE - r - 1)
     jitter = tuple(max(0, min(255, c + rng.randint(-12, 12))) for c in color)
     box = [(cx - r) * s, (cy - r) * s, (cx + r) * s, (cy + r) * s]
@@ -126,8 +127,9 @@ class Sample:
     style: str  # a STYLES name or "none"
 
 
-def dataset(n: int, seed: int, with_none: bool = False, template_ids=(0, 1, 2)) -> list[Sample]:
-    """n samples, deterministic in (n, seed), captioned with the TEMPLATES of `template_ids`. With
+def dataset(n: int, seed: int, with_none: bool = False, template_ids=(0, 1, 2), radius=RADIUS) -> list[Sample]:
+    """n samples, deterministic in (n, seed), captioned with the TEMPLATES of `template_ids`, shapes sized
+    in `radius`. With
     `with_none`, a share are judge-only negatives: blank/noise images (object and style none) and
     grey or black shapes (style none)."""
     templates = [TEMPLATES[i] for i in template_ids]
@@ -140,11 +142,11 @@ def dataset(n: int, seed: int, with_none: bool = False, template_ids=(0, 1, 2)) 
             continue
         obj = rng.choice(OBJECTS)
         if roll < 0.16:
-            samples.append(Sample(render(obj, rng.choice(NO_STYLE_COLORS), rng), "", obj, NONE))
+            samples.append(Sample(render(obj, rng.choice(NO_STYLE_COLORS), rng, radius), "", obj, NONE))
             continue
         style = rng.choice(STYLES)
         caption = rng.choice(templates).format(style=rng.choice(style_words(style)), object=obj)
-        samples.append(Sample(render(obj, COLORS[style], rng), caption, obj, style))
+        samples.append(Sample(render(obj, COLORS[style], rng, radius), caption, obj, style))
     return samples
 
 

@@ -9,10 +9,10 @@ from dataclasses import asdict
 import torch
 
 from ..erasure.errors import EraseError
-from ..erasure.folders import base_of, resolve_model
+from ..erasure.folders import base_of
 from ..erasure.job import erase
 from ..erasure.methods import DEFAULT_METHOD
-from ..erasure.model_io import load_pipeline
+from ..erasure.model_io import load_model_or_adapter
 from ..erasure.registry import get_method
 from ..erasure.self_check import describe
 from ..erasure.training import library_versions
@@ -36,7 +36,7 @@ def evaluate_shapes(model: str, concept: str | list[str], output_dir: str, base:
     output_dir = os.path.abspath(output_dir)
     if os.path.exists(output_dir) and not overwrite:
         raise EraseError(f"output {output_dir} already exists: choose another --output, or pass --overwrite to replace it")
-    pipelines = {name: load_pipeline(resolve_model(path)) for name, path in (("base", base), ("erased", model))}
+    pipelines = {name: load_model_or_adapter(path) for name, path in (("base", base), ("erased", model))}
     judge = load_judge(JUDGE_FILE)
     metrics, images = evaluate_erasure(pipelines["base"], pipelines["erased"], judge, concept, protocol, show_progress)
     metrics.update(model=model, base_model=base, versions=library_versions())
@@ -98,7 +98,7 @@ def generate_both(models: dict[str, str], rows, prompt_set: str, output_dir: str
         check_same_run(folders[name], {"settings": asdict(settings), "prompts": [r.id for r in rows], **run_info[name]})
     manifests, seconds = {}, {}
     for name, path in models.items():
-        pipeline = load_pipeline(resolve_model(path))
+        pipeline = load_model_or_adapter(path)
         if state.device.type == "cuda":
             pipeline = pipeline.to(torch.float16)
         pipeline.to(state.device)

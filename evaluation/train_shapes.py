@@ -15,6 +15,17 @@ Writes OUTPUT/shapes-sd/ (a stock StableDiffusionPipeline), OUTPUT/shapes-clip/ 
 CLIPModel folder), OUTPUT/shapes-judge.safetensors and OUTPUT/shapes-training.json (settings,
 seconds, judge accuracy, the model's prompt fidelity, the image tower's zero-shot accuracy).
 `--image-tower-only` trains step 4 alone against an existing OUTPUT/shapes-sd.
+
+A derivative of a trained model, as the community fine-tunes of a base checkpoint are (what an
+erasure adapter made on the base is applied to, `sd-erase apply`):
+
+    python -m sd_erasure.evaluation.train_shapes --derive-from evaluation/assets/shapes-sd \
+        --output shapes-big --shape-radius 10,14 --num-images 4000 --unet-steps 400 \
+        --unet-learning-rate 1e-4 --warmup-steps 50 --ema-decay 0.99 --no-write-profile   # ~3 min
+
+fine-tunes the base's text encoder and UNet on renders of bigger shapes (the same world, judge and
+captions) and writes OUTPUT/shapes-sd-derived/ and OUTPUT/derivative.json (its prompt fidelity
+and the share of each image the shapes cover, beside the base's: the change it learnt).
 """
 
 import argparse
@@ -59,6 +70,7 @@ class ShapesTrainingConfig:
     ema_decay: float = 0.999
     fidelity_images_per_prompt: int = 8
     caption_templates: str = "0,1,2"  # which shapes.TEMPLATES the captions use (the caption mix)
+    shape_radius: str = "6.5,11.5"  # the size range of the rendered shapes, in pixels
     write_profile: bool = True  # write the world's sd_erasure_profile.json into the model folder
     image_tower_samples: int = 20000
     image_tower_steps: int = 1500
@@ -243,7 +255,8 @@ def train(output: str, config: ShapesTrainingConfig = ShapesTrainingConfig(), pr
     shutil.rmtree(partial, ignore_errors=True)
     tokenizer, vae, text_encoder, unet = build_models(os.path.join(partial, "tokenizer"))
     samples = dataset(config.num_images, seed=config.seed + 1,
-                      template_ids=tuple(int(i) for i in config.caption_templates.split(",")))
+                      template_ids=tuple(int(i) for i in config.caption_templates.split(",")),
+                      radius=tuple(float(r) for r in config.shape_radius.split(",")))
     images = to_tensor([s.image for s in samples])
     start = time.perf_counter()
     vae_loss = train_vae(vae, images, config, progress)
@@ -286,20 +299,70 @@ def train(output: str, config: ShapesTrainingConfig = ShapesTrainingConfig(), pr
     return report
 
 
+def shape_cover(pipeline, protocol) -> float:
+    """The mean share of an image's pixels that are not near-white: how much of it the shapes cover."""
+    from .metrics import generate
+    from .shapes import prompts
+
+    images = to_tensor(generate(pipeline, prompts(protocol.template_ids), protocol))
+    return float((images.min(dim=1).values < 0.8).float().mean())
+
+
+def derive(base: str, output: str, config: ShapesTrainingConfig, progress: bool = True) -> dict:
+    """Fine-tune the text encoder and UNet of the pipeline at `base` on the world rendered with
+    config's shape sizes and captions; write OUTPUT/shapes-sd-derived and OUTPUT/derivative.json."""
+    from .judge import load_judge
+    from .metrics import Protocol, prompt_fidelity
+
+    torch.manual_seed(config.seed)
+    pipeline = StableDiffusionPipeline.from_pretrained(base, use_safetensors=True)
+    samples = dataset(config.num_images, seed=config.seed + 3,
+                      template_ids=tuple(int(i) for i in config.caption_templates.split(",")),
+                      radius=tuple(float(r) for r in config.shape_radius.split(",")))
+    latents = encode_latents(pipeline.vae, to_tensor([s.image for s in samples])) * pipeline.vae.config.scaling_factor
+    protocol = Protocol(images_per_prompt=config.fidelity_images_per_prompt)
+    judge = load_judge(os.path.join(os.path.dirname(__file__), "assets", "shapes-judge.safetensors"))
+    before = {"prompt_fidelity": prompt_fidelity(pipeline, judge, protocol), "shape_cover": shape_cover(pipeline, protocol)}
+    start = time.perf_counter()
+    train_denoiser(pipeline.unet, pipeline.text_encoder, pipeline.tokenizer, latents, [s.caption for s in samples],
+                   config, progress)
+    seconds = round(time.perf_counter() - start, 1)
+    after = {"prompt_fidelity": prompt_fidelity(pipeline, judge, protocol), "shape_cover": shape_cover(pipeline, protocol)}
+    final = os.path.join(output, "shapes-sd-derived")
+    partial = final + ".incomplete"
+    shutil.rmtree(partial, ignore_errors=True)
+    pipeline.save_pretrained(partial, safe_serialization=True)
+    if config.write_profile:
+        with open(os.path.join(partial, PROFILE_FILE), "w") as f:
+            json.dump(world_profile(), f, indent=1)
+    shutil.rmtree(final, ignore_errors=True)
+    os.rename(partial, final)
+    report = {"base": base, "config": asdict(config), "seconds": seconds, "base_model": before, "derivative": after}
+    with open(os.path.join(output, "derivative.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    return report
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Train the bundled shapes-world model and judge.")
     parser.add_argument("--output", required=True, help="folder for shapes-sd/, shapes-clip/, shapes-judge.safetensors, "
                                                         "shapes-training.json")
     parser.add_argument("--image-tower-only", action="store_true", help="train only the image tower, against the "
                                                                         "existing OUTPUT/shapes-sd")
+    parser.add_argument("--derive-from", metavar="FOLDER", help="fine-tune this trained model instead (see the "
+                                                               "module's docstring)")
     for name, value in asdict(ShapesTrainingConfig()).items():
         if isinstance(value, bool):
             parser.add_argument("--" + name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=value)
         else:
             parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
     args = vars(parser.parse_args(argv))
-    output, tower_only = args.pop("output"), args.pop("image_tower_only")
+    output, tower_only, derive_from = args.pop("output"), args.pop("image_tower_only"), args.pop("derive_from")
     os.makedirs(output, exist_ok=True)
+    if derive_from:
+        report = derive(derive_from, output, ShapesTrainingConfig(**args))
+        print(json.dumps({k: report[k] for k in ("seconds", "base_model", "derivative")}, indent=1))
+        return
     if tower_only:
         print(json.dumps(image_tower_only(output, ShapesTrainingConfig(**args))["image_tower"], indent=1))
         return

@@ -47,7 +47,7 @@ def test_lora_only_output_holds_the_adapter_and_says_what_a_lora_cannot_hold(tin
     in_adapter = {name.removeprefix("unet.") + ".weight" for name in lora["layers"]}
     assert all(not torch.equal(moved[k], base[k]) for k in in_adapter)
     assert all(torch.equal(moved[k], base[k]) for k in base if k not in in_adapter)  # nothing else moves
-    from sd_erasure.erasure.hub import is_adapter_only
+    from sd_erasure.erasure.folders import is_adapter_only
 
     assert is_adapter_only(str(out))  # what `sd-erase push` publishes as a LoRA (tests/test_hub.py)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import FAST, erase_cli
+from conftest import FAST, erase_cli, unet_weights
 from test_lora_export import fused
 from test_methods import changed_tensors
 
@@ -69,6 +69,11 @@ def test_a_salun_lora_on_the_masked_layers_resumes_to_the_same_adapter(tiny_sd, 
     b = load_file(whole / "pytorch_lora_weights.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(float(v.abs().max()) > 0 for k, v in a.items() if "lora_B" in k)  # B starts at zero: it trained
+    # what `sd-erase evaluate` and `attack` load for an adapter output: its base with the LoRA fused
+    from sd_erasure.erasure.model_io import load_model_or_adapter
+
+    loaded, written = load_model_or_adapter(str(interrupted)).unet.state_dict(), unet_weights(whole)
+    assert max(float((loaded[k] - written[k]).abs().max()) for k in written) <= 1e-6
 
 
 @pytest.mark.parametrize("args, message", [
