@@ -304,7 +304,7 @@ def shape_cover(pipeline, protocol) -> float:
     from .metrics import generate
     from .shapes import prompts
 
-    images = to_tensor(generate(pipeline, prompts(protocol.template_ids), protocol))
+    images = generate(pipeline, prompts(protocol.template_ids), protocol, show_progress=False)
     return float((images.min(dim=1).values < 0.8).float().mean())
 
 
