@@ -21,7 +21,7 @@ erasure adapter made on the base is applied to, `sd-erase apply`):
 
     python -m sd_erasure.evaluation.train_shapes --derive-from evaluation/assets/shapes-sd \
         --output shapes-big --shape-radius 10,14 --num-images 4000 --unet-steps 400 \
-        --unet-learning-rate 1e-4 --warmup-steps 50 --ema-decay 0.99 --no-write-profile   # ~3 min
+        --unet-learning-rate 1e-4 --warmup-steps 50 --ema-decay 0.99 --no-write-profile   # ~7 min
 
 fine-tunes the base's text encoder and UNet on renders of bigger shapes (the same world, judge and
 captions) and writes OUTPUT/shapes-sd-derived/ and OUTPUT/derivative.json (its prompt fidelity
