@@ -40,8 +40,6 @@ class TrainedWeights:
 
     def __init__(self, pipeline, component: str, names, config, gradient_checkpointing: bool = False,
                  frozen_base: bool = False):
-        from peft import LoraConfig, inject_adapter_in_model
-
         self.component, self.module, self.lora = component, getattr(pipeline, component), config.trains_lora
         self.module_entries = sum(p.numel() for p in self.module.parameters())
         wanted = set(names)
@@ -49,10 +47,12 @@ class TrainedWeights:
         self.scope_share = sum(p.numel() for n, p in self.module.named_parameters() if n in wanted) / self.module_entries
         self.base_values = None
         if self.lora:
-            layers = lora_layers(self.module, names, config.lora_target_modules)
+            from peft import LoraConfig, inject_adapter_in_model
+
+            layers = lora_layers(self.module, wanted, config.lora_target_modules)
             if not layers:
                 targets = ", ".join(config.lora_target_modules) or "any"
-                raise EraseError(f"`lora_target_modules` ({shorten(targets)}) matches none of the {len(set(names))} "
+                raise EraseError(f"`lora_target_modules` ({shorten(targets)}) matches none of the {len(wanted)} "
                                  f"{component} tensors {config.method} trains: name layers of its scope, e.g. to_k")
             lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=layers,
                               init_lora_weights=True)
