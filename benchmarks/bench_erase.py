@@ -56,7 +56,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup-steps", type=int, help="advunlearn: steps before the attack starts (default 200)")
     parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--output-format", choices=("pipeline", "lora", "both"), default="pipeline")
+    parser.add_argument("--output-format", choices=("pipeline", "lora", "both"), help="default: pipeline (lora with "
+                                                                                    "--adapter lora)")
+    parser.add_argument("--adapter", choices=("full", "lora"), default="full", help="train the weights or a LoRA")
+    parser.add_argument("--lora-rank", type=int, help="with --adapter lora: its rank (default 4)")
     parser.add_argument("--record", action="store_true", help=f"append the result to {os.path.relpath(RESULTS)}")
     args = parser.parse_args(argv)
 
@@ -74,11 +77,12 @@ def main(argv=None) -> dict:
         del pipeline
         common = dict(model=base, concept="nudity", output_dir=os.path.join(work, "erased"),
                       cache_dir=os.path.join(work, "cache"), mixed_precision=args.mixed_precision)
-        settings = {k: getattr(args, k) for k in ("steps", "batch_size", "warmup_steps") if getattr(args, k) is not None}
+        settings = {k: getattr(args, k) for k in ("steps", "batch_size", "warmup_steps", "lora_rank")
+                    if getattr(args, k) is not None}
         settings.update(gradient_checkpointing=args.gradient_checkpointing, num_images=args.num_images,
                         synthesis_steps=args.synthesis_steps, synthesis_batch_size=args.synthesis_batch_size,
                         synthesis_scheduler=args.synthesis_scheduler, sample_from=args.sample_from,
-                        output_format=args.output_format)
+                        output_format=args.output_format, adapter=args.adapter)
         config_class = get_method(args.method).config
         accepted = {f.name for f in fields(config_class)}  # each method takes the settings it has
         config = config_class(**common, **{k: v for k, v in settings.items() if k in accepted})
@@ -101,6 +105,7 @@ def main(argv=None) -> dict:
         "peak_memory_gib": {k: round(v / 2**30, 3) for k, v in record["peak_memory"]["bytes"].items()},
         "peak_memory_kind": record["peak_memory"]["kind"],
         **({"optimizer_state_bytes": record["optimizer_state"]} if "optimizer_state" in record else {}),
+        **({"adapter": record["adapter"]} if "adapter" in record else {}),
         **({"lora": {k: record["lora"][k]
                      for k in ("adapter_bytes", "dense_bytes", "max_relative_error", "max_weight_error")}}
            if "lora" in record else {}),

@@ -8,7 +8,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-ROWS=(uce uce-lora uce-concepts salun-256 esd-base advunlearn ca fmn scissorhands erasediff seot attack generate optimizer esd-paper salun-800)
+ROWS=(uce uce-lora uce-concepts salun-256 salun-lora esd-base advunlearn ca fmn scissorhands erasediff seot attack generate optimizer esd-paper salun-800)
 for name in "$@"; do
   [[ " ${ROWS[*]} " == *" $name "* ]] || { echo "unknown row '$name'; rows: ${ROWS[*]}" >&2; exit 2; }
 done
@@ -24,6 +24,7 @@ row uce        benchmarks.bench_erase --size sd15 --method uce                 #
 row uce-lora   benchmarks.bench_erase --size sd15 --method uce --output-format lora   # the adapter instead of the 3.4 GB pipeline
 row uce-concepts benchmarks.bench_uce_concepts --size sd15 --concepts 10 100   # target: 100 concepts' edit <= 30 s (CPU)
 row salun-256  benchmarks.bench_erase $fast_salun --num-images 256            # target: <= 60 s end to end, <= 16 GiB
+row salun-lora benchmarks.bench_erase $fast_salun --num-images 64 --adapter lora   # memory and step against salun-256's full fine-tune
 row esd-base   benchmarks.bench_erase --size sd15 --method esd --mixed-precision bf16 --steps 50 --sample-from base --num-images 64
 row advunlearn benchmarks.bench_erase --size sd15 --method advunlearn --mixed-precision bf16 --steps 10 --warmup-steps 2 --num-images 16   # 8 steps with the 30-step attack
 row ca         benchmarks.bench_erase --size sd15 --method ca --mixed-precision bf16 --synthesis-scheduler dpm --synthesis-steps 20 --synthesis-batch-size 32 --num-images 64   # 100 steps, batch 8
