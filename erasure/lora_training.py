@@ -43,8 +43,10 @@ class TrainedWeights:
         self.component, self.module, self.lora = component, getattr(pipeline, component), config.trains_lora
         self.module_entries = sum(p.numel() for p in self.module.parameters())
         wanted = set(names)
-        # the share of the module's weights the method trains (a LoRA's layers': their weights change when it is fused)
-        self.scope_share = sum(p.numel() for n, p in self.module.named_parameters() if n in wanted) / self.module_entries
+        # the tensors the method trains (a LoRA's layers': their weights change when it is fused)
+        self.scope_tensors = len(wanted)
+        self.scope_entries = sum(p.numel() for n, p in self.module.named_parameters() if n in wanted)
+        self.scope_share = self.scope_entries / self.module_entries
         self.base_values = None
         if self.lora:
             from peft import LoraConfig, inject_adapter_in_model

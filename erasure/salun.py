@@ -278,7 +278,6 @@ def unlearn(pipeline, forget: "LatentSet", retain: "LatentSet", trainable: list[
     pipeline.vae.to("cpu")
 
     frozen_target = config.misaligned_target == "base" and forget_target == "misaligned"
-    dense_bytes = sum(8 * p.numel() + 4 for n, p in unet.named_parameters() if n in set(trainable))
     # (the frozen target's base values are taken here, before a resume loads a checkpoint)
     trained = TrainedWeights(pipeline, "unet", trainable, config, config.gradient_checkpointing, frozen_target)
     if saliency_mask is None or trained.lora:
@@ -333,7 +332,7 @@ def unlearn(pipeline, forget: "LatentSet", retain: "LatentSet", trainable: list[
     trained.finish()
     masked = saliency_mask is not None and not trained.lora
     state = {"bytes": adam.state_bytes() if masked else sum(8 * p.numel() + 4 for p in trained.parameters),
-             "dense_adam_bytes": dense_bytes}
+             "dense_adam_bytes": 8 * trained.scope_entries + 4 * trained.scope_tensors}
     return logs, resumed_from, state, trained
 
 

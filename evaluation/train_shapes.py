@@ -72,6 +72,11 @@ class ShapesTrainingConfig:
     caption_templates: str = "0,1,2"  # which shapes.TEMPLATES the captions use (the caption mix)
     shape_radius: str = "6.5,11.5"  # the size range of the rendered shapes, in pixels
     write_profile: bool = True  # write the world's sd_erasure_profile.json into the model folder
+    def world_samples(self, n: int, seed: int) -> list:
+        """n renders of the world with this config's caption mix and shape sizes."""
+        return dataset(n, seed=seed, template_ids=tuple(int(i) for i in self.caption_templates.split(",")),
+                       radius=tuple(float(r) for r in self.shape_radius.split(",")))
+
     image_tower_samples: int = 20000
     image_tower_steps: int = 1500
     image_tower_batch_size: int = 256
@@ -254,9 +259,7 @@ def train(output: str, config: ShapesTrainingConfig = ShapesTrainingConfig(), pr
     partial = os.path.join(output, "shapes-sd.incomplete")
     shutil.rmtree(partial, ignore_errors=True)
     tokenizer, vae, text_encoder, unet = build_models(os.path.join(partial, "tokenizer"))
-    samples = dataset(config.num_images, seed=config.seed + 1,
-                      template_ids=tuple(int(i) for i in config.caption_templates.split(",")),
-                      radius=tuple(float(r) for r in config.shape_radius.split(",")))
+    samples = config.world_samples(config.num_images, seed=config.seed + 1)
     images = to_tensor([s.image for s in samples])
     start = time.perf_counter()
     vae_loss = train_vae(vae, images, config, progress)
@@ -279,13 +282,7 @@ def train(output: str, config: ShapesTrainingConfig = ShapesTrainingConfig(), pr
     clip_model, processor, tower = train_image_tower(text_encoder, tokenizer, config, progress)
     tower["seconds"] = round(time.perf_counter() - start, 1)
     save_image_tower(clip_model, processor, os.path.join(output, "shapes-clip"))
-    pipeline.save_pretrained(partial, safe_serialization=True)
-    if config.write_profile:  # the world's concepts and prompts for `sd-erase erase`
-        with open(os.path.join(partial, PROFILE_FILE), "w") as f:
-            json.dump(world_profile(), f, indent=1)
-    final = os.path.join(output, "shapes-sd")
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(partial, final)
+    save_model(pipeline, os.path.join(output, "shapes-sd"), config.write_profile)
     save_judge(judge, os.path.join(output, "shapes-judge.safetensors"))
     report = {"config": asdict(config), "seconds": seconds, "judge_heldout_accuracy": judge_accuracy,
               "vae_final_mse": vae_loss, "prompt_fidelity": fidelity, "image_tower": tower,
@@ -297,6 +294,18 @@ def train(output: str, config: ShapesTrainingConfig = ShapesTrainingConfig(), pr
     with open(os.path.join(output, "shapes-training.json"), "w") as f:
         json.dump(report, f, indent=1)
     return report
+
+
+def save_model(pipeline, final: str, write_profile: bool) -> None:
+    """Write the pipeline (with the world's sd_erasure_profile.json for `sd-erase erase`) to `final`, complete or
+    not at all: into `final`.incomplete (which may already hold files, e.g. the tokenizer's), then renamed."""
+    partial = final + ".incomplete"
+    pipeline.save_pretrained(partial, safe_serialization=True)
+    if write_profile:
+        with open(os.path.join(partial, PROFILE_FILE), "w") as f:
+            json.dump(world_profile(), f, indent=1)
+    shutil.rmtree(final, ignore_errors=True)
+    os.rename(partial, final)
 
 
 def shape_cover(pipeline, protocol) -> float:
@@ -316,9 +325,7 @@ def derive(base: str, output: str, config: ShapesTrainingConfig, progress: bool 
 
     torch.manual_seed(config.seed)
     pipeline = StableDiffusionPipeline.from_pretrained(base, use_safetensors=True)
-    samples = dataset(config.num_images, seed=config.seed + 3,
-                      template_ids=tuple(int(i) for i in config.caption_templates.split(",")),
-                      radius=tuple(float(r) for r in config.shape_radius.split(",")))
+    samples = config.world_samples(config.num_images, seed=config.seed + 3)
     latents = encode_latents(pipeline.vae, to_tensor([s.image for s in samples])) * pipeline.vae.config.scaling_factor
     protocol = Protocol(images_per_prompt=config.fidelity_images_per_prompt)
     judge = load_judge(os.path.join(os.path.dirname(__file__), "assets", "shapes-judge.safetensors"))
@@ -328,15 +335,7 @@ def derive(base: str, output: str, config: ShapesTrainingConfig, progress: bool 
                    config, progress)
     seconds = round(time.perf_counter() - start, 1)
     after = {"prompt_fidelity": prompt_fidelity(pipeline, judge, protocol), "shape_cover": shape_cover(pipeline, protocol)}
-    final = os.path.join(output, "shapes-sd-derived")
-    partial = final + ".incomplete"
-    shutil.rmtree(partial, ignore_errors=True)
-    pipeline.save_pretrained(partial, safe_serialization=True)
-    if config.write_profile:
-        with open(os.path.join(partial, PROFILE_FILE), "w") as f:
-            json.dump(world_profile(), f, indent=1)
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(partial, final)
+    save_model(pipeline, os.path.join(output, "shapes-sd-derived"), config.write_profile)
     report = {"base": base, "config": asdict(config), "seconds": seconds, "base_model": before, "derivative": after}
     with open(os.path.join(output, "derivative.json"), "w") as f:
         json.dump(report, f, indent=1)
