@@ -42,7 +42,8 @@ def device_name() -> str:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=("tiny", "sd15"), default="tiny")
+    parser.add_argument("--size", choices=("tiny", "tiny-sd2", "sd15", "sd2"), default="tiny",
+                        help="the random pipeline's shapes (sd2: SD 2.1-768's, v-prediction)")
     parser.add_argument("--method", choices=tuple(methods()), default=DEFAULT_METHOD)
     parser.add_argument("--sample-from", choices=("current", "base"), default="current",
                         help="for methods that sample trajectories (esd)")

@@ -8,7 +8,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-ROWS=(uce uce-lora uce-concepts salun-256 salun-lora esd-base advunlearn ca fmn scissorhands erasediff seot attack generate optimizer esd-paper salun-800)
+ROWS=(uce uce-lora uce-concepts salun-256 salun-lora esd-base advunlearn ca fmn scissorhands erasediff seot attack generate optimizer esd-paper salun-800 sd2-uce sd2-salun-256)
 for name in "$@"; do
   [[ " ${ROWS[*]} " == *" $name "* ]] || { echo "unknown row '$name'; rows: ${ROWS[*]}" >&2; exit 2; }
 done
@@ -37,4 +37,7 @@ row generate   benchmarks.bench_generate --size sd15 --prompts 32 --steps 25 --r
 row optimizer  benchmarks.bench_optimizer --size sd15
 row esd-paper  benchmarks.bench_erase --size sd15 --method esd --mixed-precision bf16 --steps 20   # paper sampling (current model)
 row salun-800  benchmarks.bench_erase $fast_salun --num-images 800            # the paper's data size
+# SD 2.1's shapes (768 px, v-prediction, 1024-wide text encoder): run by name, `bash benchmarks/sd15.sh sd2-uce sd2-salun-256`
+row sd2-uce    benchmarks.bench_erase --size sd2 --method uce
+row sd2-salun-256 benchmarks.bench_erase ${fast_salun/sd15/sd2} --num-images 256   # 96x96 latents: 2.25x SD 1.5's
 if ((${#failed[@]})); then printf 'FAILED: %s\n' "${failed[@]}" >&2; exit 1; fi

@@ -206,10 +206,12 @@ def cmd_random_pipeline(args) -> int:
 
     if os.path.exists(args.output):
         raise EraseError(f"{args.output} already exists: choose another folder")
-    pipeline = build_random_pipeline(args.size, seed=args.seed, tokenizer_dir=os.path.join(args.output + ".incomplete", "tokenizer"))
+    pipeline = build_random_pipeline(args.size, seed=args.seed, tokenizer_dir=os.path.join(args.output + ".incomplete", "tokenizer"),
+                                     prediction_type=args.prediction_type)
     save_stock_pipeline(pipeline, args.output + ".incomplete")
     os.rename(args.output + ".incomplete", args.output)
-    print(f"wrote a {args.size} Stable Diffusion pipeline with random weights to {args.output}")
+    print(f"wrote a {args.size} Stable Diffusion pipeline ({pipeline.scheduler.config.prediction_type}) with random weights "
+          f"to {args.output}")
     return 0
 
 
@@ -381,7 +383,10 @@ def build_parser() -> Parser:
                                    description="Write a StableDiffusionPipeline with random weights, built offline: "
                                    "'tiny' runs anywhere in seconds, 'sd15' has the exact SD-1.5 shapes.")
     random_parser.add_argument("output", help="folder to create")
-    random_parser.add_argument("--size", default="tiny", choices=("tiny", "sd15"), help="tiny (default) or sd15")
+    random_parser.add_argument("--size", default="tiny", choices=("tiny", "tiny-sd2", "sd15", "sd2"),
+                               help="tiny (default, SD 1.x-shaped), tiny-sd2 (SD 2.x-shaped), sd15 or sd2 (the real models' shapes)")
+    random_parser.add_argument("--prediction-type", choices=("epsilon", "v_prediction", "sample"), default=None,
+                               help="what the UNet predicts (default: the family's: epsilon for SD 1.x, v_prediction for SD 2.x)")
     random_parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
     random_parser.set_defaults(run=cmd_random_pipeline)
     evaluate_parser = sub.add_parser("evaluate", help="measure an erasure: base vs erased model on the same prompts and seeds",

@@ -60,13 +60,16 @@ def stack_embeddings(embeddings: dict[str, torch.Tensor], prompts: list[str]) ->
 
 
 def prediction_target(scheduler, latents, noise, timesteps):
-    """What the UNet should predict for noised `latents`: the noise (SD 1.x) or the velocity (SD 2.x v-models)."""
+    """What the UNet should predict for noised `latents`: the noise (SD 1.x), the velocity (SD 2.x
+    v-models) or the clean latents (`sample`), as the model's scheduler config says."""
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
         return noise
     if kind == "v_prediction":
         return scheduler.get_velocity(latents, noise, timesteps)
-    raise ValueError(f"unsupported prediction_type {kind!r}: only epsilon and v_prediction models can be erased")
+    if kind == "sample":
+        return latents
+    raise ValueError(f"unsupported prediction_type {kind!r}: only epsilon, v_prediction and sample models can be erased")
 
 
 def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -139,7 +139,8 @@ def load_clip(clip_model: str, text_encoder, device):
     if differing:
         raise EraseError(f"the text tower of the CLIP model {shorten(clip_model)} is not this pipeline's text encoder "
                          f"({len(differing)} of {len(pipelines)} tensors differ, e.g. {differing[0]}): give the CLIP "
-                         "model the pipeline was trained with (SD 1.x: openai/clip-vit-large-patch14)")
+                         "model the pipeline was trained with (SD 1.x: openai/clip-vit-large-patch14, "
+                         "SD 2.x: laion/CLIP-ViT-H-14-laion2B-s32B-b79K)")
     clip.text_model.load_state_dict({n: t.detach().float() for n, t in pipelines.items()}, strict=False)
     return clip.float().to(device).eval().requires_grad_(False), processor
 

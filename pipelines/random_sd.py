@@ -2,8 +2,12 @@
 
 No weights can be downloaded in tests, CI or benchmarks, so these builders assemble a real
 `StableDiffusionPipeline` from configs: `tiny` for tests on a CPU, `sd15` with the exact
-SD-1.5 shapes (UNet 859.5M parameters) for GPU benchmarks. The tokenizer is a genuine CLIP
-byte-level BPE tokenizer written from a word list, so any prompt tokenizes.
+SD-1.5 shapes (UNet 859.5M parameters) for GPU benchmarks, and their SD 2.x siblings `tiny-sd2`
+and `sd2` (SD 2.1-768's shapes, UNet 865.9M): a wider GELU text encoder (OpenCLIP-H's 1024, its
+23 layers as diffusers ships them), `use_linear_projection`, heads per block instead of a head
+width, `!` as the padding token and v-prediction (`prediction_type` picks epsilon instead, as in
+SD 2.x-base). The tokenizer is a genuine CLIP byte-level BPE tokenizer written from a word list,
+so any prompt tokenizes.
 """
 
 import json
@@ -33,8 +37,11 @@ def _byte_to_unicode() -> dict[int, str]:
     return table
 
 
-def write_clip_tokenizer(folder: str, words: Iterable[str], model_max_length: int = 77) -> CLIPTokenizer:
+def write_clip_tokenizer(folder: str, words: Iterable[str], model_max_length: int = 77,
+                         pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
     """Write a CLIP BPE tokenizer whose vocabulary holds every byte plus each word as one token.
+
+    `pad_token` is SD 1.x's `<|endoftext|>` by default; SD 2.x's OpenCLIP tokenizer pads with `!`.
 
     transformers 5 ignores `vocab_file=` arguments for CLIPTokenizer and silently builds a
     3-token vocabulary, so the files are written to `folder` and loaded with from_pretrained.
@@ -59,7 +66,7 @@ def write_clip_tokenizer(folder: str, words: Iterable[str], model_max_length: in
     with open(os.path.join(folder, "merges.txt"), "w") as f:
         f.write("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
     with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-        json.dump({"model_max_length": model_max_length, "tokenizer_class": "CLIPTokenizer"}, f)
+        json.dump({"model_max_length": model_max_length, "tokenizer_class": "CLIPTokenizer", "pad_token": pad_token}, f)
     return CLIPTokenizer.from_pretrained(folder)
 
 
@@ -84,22 +91,52 @@ SIZES = {
                   hidden_act="quick_gelu"),
         vocab_size=49408,
     ),
+    # SD 2.x in small: linear projections in the transformer blocks, heads per block, a 48-wide GELU
+    # text encoder (not tiny's 32, so a method that assumes one width fails here).
+    "tiny-sd2": dict(
+        unet=dict(sample_size=8, layers_per_block=1, block_out_channels=(32, 64),
+                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                  cross_attention_dim=48, attention_head_dim=(2, 4), use_linear_projection=True,
+                  norm_num_groups=16),
+        vae=dict(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                 up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8, sample_size=16),
+        text=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  hidden_act="gelu"),
+        vocab_size=None, pad_token="!", prediction_type="v_prediction",
+    ),
+    # The shapes of SD 2.1 (768, v-prediction), as in its diffusers configs.
+    "sd2": dict(
+        unet=dict(sample_size=96, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+                  use_linear_projection=True, upcast_attention=True),
+        vae=dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                 up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, sample_size=768),
+        text=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+                  hidden_act="gelu"),
+        vocab_size=49408, pad_token="!", prediction_type="v_prediction",
+    ),
 }
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
-def build_random_pipeline(size: str = "tiny", seed: int = 0, tokenizer_dir: str | None = None) -> StableDiffusionPipeline:
+def build_random_pipeline(size: str = "tiny", seed: int = 0, tokenizer_dir: str | None = None,
+                          prediction_type: str | None = None) -> StableDiffusionPipeline:
     """A `StableDiffusionPipeline` of the given size with random weights (seeded), no safety checker.
 
-    The tokenizer files go to `tokenizer_dir` (a temporary folder when None).
+    The tokenizer files go to `tokenizer_dir` (a temporary folder when None); `prediction_type`
+    (epsilon, v_prediction) defaults to the size's family: epsilon for SD 1.x, v for SD 2.x.
     """
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
     spec = SIZES[size]
+    prediction_type = prediction_type or spec.get("prediction_type", "epsilon")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}")
     if tokenizer_dir is None:
         import tempfile
 
         tokenizer_dir = tempfile.mkdtemp(prefix="sd-erasure-tokenizer-")
-    tokenizer = write_clip_tokenizer(tokenizer_dir, DEFAULT_WORDS)
+    tokenizer = write_clip_tokenizer(tokenizer_dir, DEFAULT_WORDS, pad_token=spec.get("pad_token", "<|endoftext|>"))
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**spec["unet"])
     vae = AutoencoderKL(latent_channels=4, **spec["vae"])
@@ -109,7 +146,8 @@ def build_random_pipeline(size: str = "tiny", seed: int = 0, tokenizer_dir: str 
         pad_token_id=tokenizer.pad_token_id, projection_dim=spec["text"]["hidden_size"], **spec["text"],
     ))
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                              prediction_type=prediction_type)
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
