@@ -40,7 +40,7 @@ subfolder="text_encoder")` swaps it into any pipeline of the same base).
 """
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import ClassVar, Literal
 
 from .config import TrajectoryConfig, option
 from .errors import EraseError
@@ -75,6 +75,9 @@ def trains(name: str, train_layers: str) -> bool:
 @dataclass
 class AdvUnlearnConfig(TrajectoryConfig):
     """AdvUnlearn's settings; each field's help says where its default comes from."""
+
+    NO_SDXL: ClassVar[str] = ("it trains one text encoder against attacks on its token embeddings, and SDXL's UNet "
+                              "reads two (not built yet)")
 
     steps: int | None = option(None, official=1000, help="optimizer steps (official iterations)", group="training")
     batch_size: int = option(1, help="concept prompts per step and device", group="training")

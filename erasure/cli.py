@@ -210,8 +210,8 @@ def cmd_random_pipeline(args) -> int:
                                      prediction_type=args.prediction_type)
     save_stock_pipeline(pipeline, args.output + ".incomplete")
     os.rename(args.output + ".incomplete", args.output)
-    print(f"wrote a {args.size} Stable Diffusion pipeline ({pipeline.scheduler.config.prediction_type}) with random weights "
-          f"to {args.output}")
+    print(f"wrote a {args.size} {type(pipeline).__name__} ({pipeline.scheduler.config.prediction_type}) with random "
+          f"weights to {args.output}")
     return 0
 
 
@@ -380,11 +380,13 @@ def build_parser() -> Parser:
     apply_parser.add_argument("--allow-pickle", action="store_true", help="load a model with only pickled weights")
     apply_parser.set_defaults(run=cmd_apply)
     random_parser = sub.add_parser("random-pipeline", help="write a Stable Diffusion pipeline with random weights (smoke tests, benchmarks)",
-                                   description="Write a StableDiffusionPipeline with random weights, built offline: "
-                                   "'tiny' runs anywhere in seconds, 'sd15' has the exact SD-1.5 shapes.")
+                                   description="Write a StableDiffusionPipeline (StableDiffusionXLPipeline for the sdxl "
+                                   "sizes) with random weights, built offline: the tiny ones run anywhere in seconds, "
+                                   "sd15, sd2 and sdxl have the real models' shapes.")
     random_parser.add_argument("output", help="folder to create")
-    random_parser.add_argument("--size", default="tiny", choices=("tiny", "tiny-sd2", "sd15", "sd2"),
-                               help="tiny (default, SD 1.x-shaped), tiny-sd2 (SD 2.x-shaped), sd15 or sd2 (the real models' shapes)")
+    random_parser.add_argument("--size", default="tiny", choices=("tiny", "tiny-sd2", "tiny-sdxl", "sd15", "sd2", "sdxl"),
+                               help="tiny (default, SD 1.x-shaped), tiny-sd2, tiny-sdxl (SDXL: a StableDiffusionXLPipeline), "
+                                    "or sd15, sd2, sdxl (the real models' shapes)")
     random_parser.add_argument("--prediction-type", choices=("epsilon", "v_prediction", "sample"), default=None,
                                help="what the UNet predicts (default: the family's: epsilon for SD 1.x, v_prediction for SD 2.x)")
     random_parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")

@@ -1,6 +1,7 @@
 """Noise, timesteps and text embeddings: the diffusion primitives every method shares."""
 
 import hashlib
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -41,18 +42,73 @@ def epoch_indices(n: int, count: int, start: int, seed: int, name: str) -> torch
 
 
 @torch.no_grad()
-def encode_prompts(pipeline, prompts: list[str], device, suppressed: bool = True) -> dict[str, torch.Tensor]:
-    """Text-encoder hidden states per unique prompt, computed once (the text encoder stays frozen);
-    SWR-suppressed where the pipeline suppresses words (SEOT), unless `suppressed` is False."""
-    unique = list(dict.fromkeys(prompts))
-    tokens = pipeline.tokenizer(unique, padding="max_length", max_length=pipeline.tokenizer.model_max_length,
+def text_hidden_states(pipeline, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The token states the UNet cross-attends to, (n, length, width), the first tokenizer's ids and
+    mask, and SDXL's pooled text embedding (None otherwise): the text encoder's last layer for SD
+    1.x/2.x; for SDXL both encoders' penultimate layers side by side and the second one's pooled
+    projection, as StableDiffusionXLPipeline.encode_prompt makes them."""
+    tokens = pipeline.tokenizer(prompts, padding="max_length", max_length=pipeline.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
-    text_encoder = pipeline.text_encoder.to(device)
-    hidden = text_encoder(tokens.input_ids.to(device))[0]
+    if getattr(pipeline, "text_encoder_2", None) is None:
+        return pipeline.text_encoder.to(device)(tokens.input_ids.to(device))[0], tokens.input_ids, None
+    hidden = []
+    for tokenizer, encoder in ((pipeline.tokenizer, pipeline.text_encoder), (pipeline.tokenizer_2, pipeline.text_encoder_2)):
+        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        output = encoder.to(device)(ids.to(device), output_hidden_states=True)
+        hidden.append(output.hidden_states[-2])
+    return torch.cat(hidden, -1), tokens.input_ids, output[0]
+
+
+@torch.no_grad()
+def encode_prompts(pipeline, prompts: list[str], device, suppressed: bool = True) -> dict[str, torch.Tensor]:
+    """The UNet's conditioning per unique prompt, computed once (the text encoders stay frozen):
+    text hidden states, SWR-suppressed where the pipeline suppresses words (SEOT) unless
+    `suppressed` is False. For SDXL each prompt's tensor carries one more row, its added conditions
+    (pooled embedding and size ids, see `sdxl_conditions`), and the empty prompt is all zeros where
+    the pipeline's `force_zeros_for_empty_prompt` makes it so at inference."""
+    unique = list(dict.fromkeys(prompts))
+    hidden, input_ids, pooled = text_hidden_states(pipeline, unique, device)
     suppression = suppression_of(pipeline) if suppressed else None
     if suppression:  # an SEOT pipeline conditions on the suppressed embeddings
-        hidden = suppressed_embeddings(pipeline.tokenizer, suppression, tokens.input_ids, hidden)[0]
+        hidden = suppressed_embeddings(pipeline.tokenizer, suppression, input_ids, hidden)[0]
+    if pooled is not None:
+        size = float(pipeline.unet.config.sample_size * pipeline.vae_scale_factor)
+        # SDXL's time ids: original size, crop top-left, target size (the model's own resolution, uncropped)
+        time_ids = pooled.new_tensor([size, size, 0.0, 0.0, size, size]).expand(len(unique), -1)
+        row = torch.cat([pooled, time_ids, pooled.new_zeros(len(unique), hidden.shape[-1] - pooled.shape[-1] - 6)], -1)
+        hidden = torch.cat([hidden, row[:, None]], 1)
+        if pipeline.config.get("force_zeros_for_empty_prompt") and "" in unique:
+            empty = unique.index("")
+            hidden[empty, :-1] = 0
+            hidden[empty, -1, :pooled.shape[-1]] = 0
     return dict(zip(unique, hidden.float()))
+
+
+@contextmanager
+def sdxl_conditions(pipeline):
+    """While active, an SDXL UNet called as `unet(x, t, states)` with `encode_prompts`' states (one row
+    more than the tokenizer's length) reads its `added_cond_kwargs` from that last row and attends to
+    the rest: every method keeps the one call `unet(x, t, states)`, whatever the model. Calls with
+    their own `added_cond_kwargs` (the pipeline's sampling) pass unchanged; SD 1.x/2.x: a no-op."""
+    if getattr(pipeline, "text_encoder_2", None) is None:
+        yield
+        return
+    length, pooled_width = pipeline.tokenizer.model_max_length, pipeline.text_encoder_2.config.projection_dim
+
+    def unpack(module, args, kwargs):
+        states = kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else args[2]
+        if kwargs.get("added_cond_kwargs") is not None or states.shape[1] != length + 1:
+            return None
+        row = states[:, -1]
+        added = {"text_embeds": row[:, :pooled_width], "time_ids": row[:, pooled_width:pooled_width + 6]}
+        return args[:2], {**kwargs, "encoder_hidden_states": states[:, :-1], "added_cond_kwargs": added}
+
+    handle = pipeline.unet.register_forward_pre_hook(unpack, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def stack_embeddings(embeddings: dict[str, torch.Tensor], prompts: list[str]) -> torch.Tensor:

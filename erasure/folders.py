@@ -18,6 +18,7 @@ from .errors import EraseError, shorten
 from .profile import ModelProfile
 
 SD_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SDXL_COMPONENTS = (*SD_COMPONENTS, "text_encoder_2", "tokenizer_2")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 BUNDLED_MODELS: dict[str, str] = {}  # name `--model` takes -> folder inside the installed package
 
@@ -29,6 +30,12 @@ class BaseModel:
     name: str
     path: str
     revision: str | None = None
+
+    @cached_property
+    def family(self) -> str:
+        """`sdxl` for a StableDiffusionXLPipeline folder, else `sd` (1.x and 2.x share one pipeline class)."""
+        with open(os.path.join(self.path, "model_index.json")) as f:
+            return pipeline_family(json.load(f).get("_class_name"))
 
     @cached_property
     def profile(self) -> ModelProfile | None:
@@ -75,14 +82,15 @@ def check_sd_folder(base: BaseModel, allow_pickle: bool = False) -> None:
         )
     with open(index_file) as f:
         index = json.load(f)
-    missing = [c for c in SD_COMPONENTS if c not in index]
+    family = pipeline_family(index.get("_class_name"))
+    missing = [c for c in (SDXL_COMPONENTS if family == "sdxl" else SD_COMPONENTS) if c not in index]
     if "StableDiffusion" not in str(index.get("_class_name")) or missing:
         raise EraseError(
-            f"{base.name} holds a {index.get('_class_name')} pipeline, not Stable Diffusion 1.x/2.x"
+            f"{base.name} holds a {index.get('_class_name')} pipeline, not Stable Diffusion 1.x/2.x/XL"
             + (f" (missing {', '.join(missing)})" if missing else "")
-            + ": give a StableDiffusionPipeline folder or Hub id"
+            + ": give a StableDiffusionPipeline or StableDiffusionXLPipeline folder or Hub id"
         )
-    for component in ("unet", "vae", "text_encoder", "safety_checker"):
+    for component in ("unet", "vae", "text_encoder", "text_encoder_2", "safety_checker"):
         folder = os.path.join(base.path, component)
         files = os.listdir(folder) if os.path.isdir(folder) else []
         pickled = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
@@ -91,6 +99,11 @@ def check_sd_folder(base: BaseModel, allow_pickle: bool = False) -> None:
                 f"{base.name} has only pickled weights in {component}/ ({pickled[0]}), which can run code when loaded: "
                 "convert it to safetensors, or pass --allow-pickle if you trust its source"
             )
+
+
+def pipeline_family(class_name) -> str:
+    """`sdxl` for SDXL pipeline classes (StableDiffusionXLPipeline and its img2img/inpaint kin), else `sd`."""
+    return "sdxl" if str(class_name).startswith("StableDiffusionXL") else "sd"
 
 
 def differing_keys(path: str, record: dict) -> list[str]:
@@ -159,6 +172,21 @@ class OutputFolder:
 def is_adapter_only(folder: str) -> bool:
     """An `--output-format lora` output: the LoRA and erasure.json, no pipeline."""
     return os.path.isfile(os.path.join(folder, LORA_FILE)) and not os.path.isfile(os.path.join(folder, "model_index.json"))
+
+
+def model_family(model: str) -> str | None:
+    """`sd` or `sdxl` for a pipeline folder, a bundled model's name or an erase output (an adapter:
+    its base's family); None where it cannot be told without downloading (a Hub id)."""
+    folder = BUNDLED_MODELS.get(model, model) if not os.path.exists(model) else model
+    index = os.path.join(folder, "model_index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            return pipeline_family(json.load(f).get("_class_name"))
+    record = os.path.join(folder, "erasure.json")
+    if os.path.isfile(record):
+        with open(record) as f:
+            return json.load(f)["base_model"].get("family", "sd")
+    return None
 
 
 def base_of(model: str) -> str | None:

@@ -31,7 +31,7 @@ cc-by-nc-nd-3.0 cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 
 cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 agpl-3.0 gfdl gpl gpl-2.0 gpl-3.0 lgpl lgpl-2.1
 lgpl-3.0 isc lppl-1.3c ms-pl apple-ascl mpl-2.0 odc-by odbl osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr
 deepfloyd-if-license llama2 llama3 llama3.1 llama3.2 llama3.3 gemma unknown other""".split())
-COMPONENT_NAMES = {"unet": "UNet", "text_encoder": "text encoder", "vae": "VAE"}
+COMPONENT_NAMES = {"unet": "UNet", "text_encoder": "text encoder", "text_encoder_2": "second text encoder", "vae": "VAE"}
 METRIC_ROWS = (("UA", "UA", "unlearning accuracy"), ("IRA", "IRA", "in-domain retain accuracy"),
                ("CRA", "CRA", "cross-domain retain accuracy"), ("FID", "FID vs base", "FID vs base model"))
 
@@ -61,11 +61,23 @@ def read_erase_output(folder: str) -> dict:
     if not os.path.isfile(record_file) or not os.path.isfile(index_file):
         raise EraseError(f"{folder} is not an sd-erase output (it needs erasure.json and model_index.json): "
                          "push the --output folder of `sd-erase erase`")
-    with open(index_file) as f:
-        if json.load(f).get("_class_name") != "StableDiffusionPipeline":
-            raise EraseError(f"{folder}/model_index.json is not a stock StableDiffusionPipeline: only erase outputs can be pushed")
+    if pipeline_class(folder) not in STOCK_PIPELINES:
+        raise EraseError(f"{folder}/model_index.json is not a stock StableDiffusionPipeline or StableDiffusionXLPipeline: "
+                         "only erase outputs can be pushed")
     with open(record_file) as f:
         return json.load(f)
+
+
+STOCK_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+
+
+def pipeline_class(folder: str) -> str | None:
+    """The pipeline class an output folder's model_index.json names (None for an adapter-only folder)."""
+    index_file = os.path.join(folder, "model_index.json")
+    if not os.path.isfile(index_file):
+        return None
+    with open(index_file) as f:
+        return json.load(f).get("_class_name")
 
 
 def base_model_license(record: dict) -> str | None:
@@ -131,10 +143,13 @@ def build_model_card(folder: str, repo_id: str, license: str | None = None, metr
                                    metric_value=round(float(metrics["erased"][key]), 4))
                         for key, _, long in METRIC_ROWS]
     concepts = concept_list(record["concept"])
+    stock_class = pipeline_class(folder)
+    xl = stock_class == "StableDiffusionXLPipeline" or record.get("base_model", {}).get("family") == "sdxl"
     card_data = ModelCardData(
         license=license, library_name="diffusers", pipeline_tag="text-to-image",
         base_model=base_id if _is_hub_id(base_id) else None,  # the Hub rejects a local path here
-        tags=["stable-diffusion", "diffusers", "text-to-image", "concept-erasure", "machine-unlearning", method]
+        tags=["stable-diffusion-xl" if xl else "stable-diffusion", "diffusers", "text-to-image", "concept-erasure",
+              "machine-unlearning", method]
         + (["lora"] if adapter else []) + (profile.tags if profile else []),
         base_model_relation="adapter" if adapter and _is_hub_id(base_id) else None,
         model_name=repo_id.split("/")[-1], eval_results=eval_results,
@@ -153,7 +168,7 @@ def build_model_card(folder: str, repo_id: str, license: str | None = None, metr
         self_check=describe(record["self_check"]) if "self_check" in record else None,
         robustness=_robustness(attack) if attack else None, citation=registered.citation if registered else "",
         text_encoder_changed=record.get("changed", {}).get("text_encoder", {}).get("entries", 0) > 0,
-        custom_pipeline=os.path.isfile(os.path.join(folder, "pipeline.py")), adapter=adapter,
+        custom_pipeline=os.path.isfile(os.path.join(folder, "pipeline.py")), adapter=adapter, pipeline_class=stock_class,
     )
     check_card_yaml(card)
     return card
@@ -167,7 +182,8 @@ def describe_changes(changed: dict) -> str:
              f"{c['tensors']} tensors" for name, c in changed.items() if c["entries"]]
     same = [COMPONENT_NAMES[name] for name, c in changed.items() if not c["entries"]]
     return ("Changed: " + ("; ".join(moved) if moved else "nothing") + "."
-            + (f" The {' and '.join(same)} {'is' if len(same) == 1 else 'are'} bit-identical to the base model." if same else ""))
+            + (f" The {', '.join(same[:-1]) + ' and ' if len(same) > 1 else ''}{same[-1]} {'is' if len(same) == 1 else 'are'} "
+               "bit-identical to the base model." if same else ""))
 
 
 def _robustness(attack: dict) -> str:

@@ -87,26 +87,29 @@ def plan_erase(config: EraseConfig, base: BaseModel) -> Plan:
 def _run_checked(method, pipeline, plan: Plan, base: BaseModel, session: Session) -> tuple[dict, dict]:
     """The method, with the self-check's data and base numbers taken before it and its verdict after;
     with `until_erased`, in rounds until the verdict passes."""
+    from .diffusion import sdxl_conditions
     from .self_check import self_check
 
-    config = plan.config
-    with session.timer.phase("self_check"):
-        check = self_check(pipeline, plan.checks, base.profile, session)
-    reason = check.cannot_tell()
-    if reason and getattr(config, "until_erased", False):  # nothing to adapt to: refuse before the first round
-        raise EraseError(f"`until_erased` needs a self-check that can tell, and {reason}")
-    if reason:
-        session.accelerator.print("warning: " + FIELD.sub(r"\1", reason))
-    if getattr(config, "until_erased", False):
-        return _until_erased(method, pipeline, config, check, session)
-    if plan.sequential:
-        method_record, artifacts = _one_after_another(method, pipeline, plan.runs, session)
-    else:
-        method_record, artifacts = method.load_erase_pipeline()(pipeline, config, session)
-    pipeline.to(session.accelerator.device)  # methods may park frozen parts on the CPU
-    with session.timer.phase("self_check"):
-        method_record["self_check"] = check.verdict(pipeline)
-    return method_record, artifacts
+    # SDXL: its added conditions travel in the text states every method passes (diffusion.sdxl_conditions)
+    with sdxl_conditions(pipeline):
+        config = plan.config
+        with session.timer.phase("self_check"):
+            check = self_check(pipeline, plan.checks, base.profile, session)
+        reason = check.cannot_tell()
+        if reason and getattr(config, "until_erased", False):  # nothing to adapt to: refuse before the first round
+            raise EraseError(f"`until_erased` needs a self-check that can tell, and {reason}")
+        if reason:
+            session.accelerator.print("warning: " + FIELD.sub(r"\1", reason))
+        if getattr(config, "until_erased", False):
+            return _until_erased(method, pipeline, config, check, session)
+        if plan.sequential:
+            method_record, artifacts = _one_after_another(method, pipeline, plan.runs, session)
+        else:
+            method_record, artifacts = method.load_erase_pipeline()(pipeline, config, session)
+        pipeline.to(session.accelerator.device)  # methods may park frozen parts on the CPU
+        with session.timer.phase("self_check"):
+            method_record["self_check"] = check.verdict(pipeline)
+        return method_record, artifacts
 
 
 def _one_after_another(method, pipeline, runs: list, session: Session) -> tuple[dict, dict]:
@@ -200,13 +203,14 @@ def _until_erased(method, pipeline, config, check, session: Session) -> tuple[di
     return method_record, artifacts
 
 
-def _record(config: EraseConfig, base: BaseModel, sources: dict, method_record: dict, session: Session) -> dict:
+def _record(config: EraseConfig, base: BaseModel, family: str, sources: dict, method_record: dict,
+            session: Session) -> dict:
     from .training import library_versions
 
     return {
         "method": config.method,
         "concept": config.concept,
-        "base_model": {"id": base.name, "revision": base.revision},
+        "base_model": {"id": base.name, "revision": base.revision, "family": family},
         "hyperparameters": config.settings(),
         "settings_source": {k: v for k, v in sources.items() if k not in config.RUN_CONTROL},
         "seed": config.seed,
@@ -232,6 +236,8 @@ def erase_pipeline(pipeline, config: EraseConfig, step_callback=None, show_progr
     """Run the method `config` belongs to on a pipeline you hold, in place; nothing is written."""
     method = method_of(config)
     config.check()
+    family = "sdxl" if getattr(pipeline, "text_encoder_2", None) is not None else "sd"
+    config.check_family(family)
     folder = pipeline.name_or_path if pipeline.name_or_path and os.path.isdir(pipeline.name_or_path) else ""
     base = BaseModel(pipeline.name_or_path or "", folder)  # a folder's profile applies to the pipeline loaded from it
     plan = plan_erase(config, base)
@@ -240,7 +246,7 @@ def erase_pipeline(pipeline, config: EraseConfig, step_callback=None, show_progr
         run.check_with_pipeline(pipeline)
     session = _session(plan.config, pipeline, step_callback=step_callback, show_progress=show_progress)
     method_record, artifacts = _run_checked(method, pipeline, plan, base, session)
-    return EraseResult(None, _record(plan.config, base, plan.sources, method_record, session), artifacts)
+    return EraseResult(None, _record(plan.config, base, family, plan.sources, method_record, session), artifacts)
 
 
 def erase(config: EraseConfig, step_callback=None, show_progress=True) -> EraseResult:
@@ -254,6 +260,7 @@ def erase(config: EraseConfig, step_callback=None, show_progress=True) -> EraseR
     output.check()
     output.check_writable()
     base = resolve_model(config.model, config.revision, config.allow_pickle)
+    config.check_family(base.family)
     plan = plan_erase(config, base)
     config, sources = plan.config, plan.sources
     # Everything that can be checked cheaply has been: from here on torch loads and the model with it.
@@ -291,8 +298,7 @@ def erase(config: EraseConfig, step_callback=None, show_progress=True) -> EraseR
                 _warn_not_in_adapter(method_record["lora"], accelerator)
             if config.output_format != "lora":
                 save_stock_pipeline(pipeline, output.partial, base_folder=base.path)
-        record = _record(config, base, sources, {**method_record, "changed": changed},
-                         session)
+        record = _record(config, base, base.family, sources, {**method_record, "changed": changed}, session)
         with open(os.path.join(output.partial, "erasure.json"), "w") as f:
             json.dump(record, f, indent=2)
         for folder in checkpoints(output.partial):  # only needed to resume this run, and large

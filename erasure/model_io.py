@@ -1,6 +1,6 @@
 """Loading a base Stable Diffusion pipeline and writing an erased one (the output contract):
-a stock StableDiffusionPipeline folder that carries its base's model profile, if any (and, for
-SEOT, its inference settings and pipeline.py)."""
+a stock StableDiffusionPipeline (SD 1.x/2.x) or StableDiffusionXLPipeline folder that carries its
+base's model profile, if any (and, for SEOT, its inference settings and pipeline.py)."""
 
 import hashlib
 import json
@@ -8,11 +8,23 @@ import os
 import shutil
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from .errors import EraseError
 from .folders import BaseModel, weight_files
 from .profile import PROFILE_FILE
+
+PIPELINE_CLASSES = {"sd": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}  # by BaseModel.family
+WEIGHT_COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "vae")  # text_encoder_2: SDXL's
+
+
+def weight_components(pipeline) -> dict:
+    """The pipeline's models by component name (SDXL's second text encoder included where it has one)."""
+    return {name: getattr(pipeline, name) for name in WEIGHT_COMPONENTS if getattr(pipeline, name, None) is not None}
+
+
+def is_sdxl(pipeline) -> bool:
+    return isinstance(pipeline, StableDiffusionXLPipeline)
 
 
 @torch.no_grad()
@@ -20,7 +32,7 @@ def weights_fingerprint(pipeline) -> str:
     """A digest of the UNet, text encoder and VAE weights (per-tensor sums): the cache key of data
     the pipeline generates. It follows the weights, so a fine-tuned pipeline never reuses stale data."""
     digest = hashlib.sha256()
-    for model in (pipeline.unet, pipeline.text_encoder, pipeline.vae):
+    for model in weight_components(pipeline).values():
         sums = torch.stack([p.detach().double().sum() for p in model.parameters()])
         digest.update(sums.cpu().numpy().tobytes())
     return digest.hexdigest()[:32]
@@ -38,7 +50,7 @@ def suppressing_pipeline(folder: str) -> bool:
 def load_pipeline(base: BaseModel, allow_pickle: bool = False):
     """Load the base pipeline in fp32 (the master weights of fine-tuning), safetensors only by default;
     an SEOT output with this package's StableDiffusionSuppressEOTPipeline (no code from the folder runs)."""
-    pipeline_class = StableDiffusionPipeline
+    pipeline_class = PIPELINE_CLASSES[base.family]
     if suppressing_pipeline(base.path):
         from ..pipelines.pipeline_seot import StableDiffusionSuppressEOTPipeline as pipeline_class
     try:
@@ -72,7 +84,8 @@ def load_model_or_adapter(model: str, allow_pickle: bool = False):
 
 
 def save_stock_pipeline(pipeline, folder: str, base_folder: str | None = None, **save_kwargs) -> None:
-    """Save as a stock `StableDiffusionPipeline` (what plain `DiffusionPipeline.from_pretrained` loads).
+    """Save as a stock `StableDiffusionPipeline` or `StableDiffusionXLPipeline` (what plain
+    `DiffusionPipeline.from_pretrained` loads).
 
     A subclass name in model_index.json would break plain diffusers, so the components are
     re-wrapped in the stock class. transformers 5 saves only tokenizer.json; the base's
@@ -82,9 +95,11 @@ def save_stock_pipeline(pipeline, folder: str, base_folder: str | None = None, *
     from ..pipelines import pipeline_seot
 
     components = {name: getattr(pipeline, name) for name in pipeline.components}
-    stock = StableDiffusionPipeline(
-        **components, requires_safety_checker=getattr(pipeline.config, "requires_safety_checker", False)
-    )
+    if is_sdxl(pipeline):
+        stock = StableDiffusionXLPipeline(**components, **{k: pipeline.config[k] for k in ("force_zeros_for_empty_prompt",)})
+    else:
+        stock = StableDiffusionPipeline(
+            **components, requires_safety_checker=getattr(pipeline.config, "requires_safety_checker", False))
     stock.save_pretrained(folder, **{"safe_serialization": True, **save_kwargs})
     suppression = pipeline_seot.suppression_of(pipeline)
     if suppression:  # SEOT: its settings beside the stock ones, and the pipeline applying them
@@ -95,7 +110,8 @@ def save_stock_pipeline(pipeline, folder: str, base_folder: str | None = None, *
             json.dump({**settings, **suppression}, f, indent=2, sort_keys=True)
         shutil.copyfile(pipeline_seot.__file__, os.path.join(folder, "pipeline.py"))
     if base_folder:
-        for name in (os.path.join("tokenizer", "vocab.json"), os.path.join("tokenizer", "merges.txt"), PROFILE_FILE):
+        for name in (*(os.path.join(tokenizer, file) for tokenizer in ("tokenizer", "tokenizer_2")
+                       for file in ("vocab.json", "merges.txt")), PROFILE_FILE):
             src, dst = os.path.join(base_folder, name), os.path.join(folder, name)
             if os.path.isfile(src) and not os.path.exists(dst):
                 shutil.copyfile(src, dst)
@@ -112,7 +128,7 @@ def changed_weights(pipeline, base_path: str) -> tuple[dict, dict[str, list[str]
     from safetensors import safe_open
 
     changes, changed_names = {}, {}
-    for component in ("unet", "text_encoder", "vae"):
+    for component in WEIGHT_COMPONENTS:
         files = weight_files(os.path.join(base_path, component))
         if not files:
             continue

@@ -46,6 +46,8 @@ SEOT = "SEOT"
 class SeotConfig(EraseConfig):
     """SEOT's settings; each field's help says where its default comes from."""
 
+    NO_SDXL: ClassVar[str] = "its suppressing pipeline is a StableDiffusionPipeline (no SDXL one yet)"
+
     STRONGER: ClassVar[str] = "list the concept's other word forms in `suppressed_words`, or lower `suppression_start`"
     ERASED_FIELDS: ClassVar[tuple[str, ...]] = ("suppressed_words",)  # several concepts: all suppressed together
 

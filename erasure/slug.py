@@ -56,6 +56,9 @@ GROUPS = (("q_proj", "k_proj", "v_proj"), ("fc1", "fc2"))  # weights updated tog
 class SlugConfig(ForgetRetainData):
     """SLUG's settings; each field's help says where its default comes from."""
 
+    NO_SDXL: ClassVar[str] = ("it steps the text encoder of a CLIP model along its image-text gradient, and SDXL's "
+                              "UNet reads two text encoders (not built yet)")
+
     STRONGER: ClassVar[str] = "lower `forget_accuracy` (a larger step)"
     GENTLER: ClassVar[str] = "raise `forget_accuracy` (a smaller step)"
 

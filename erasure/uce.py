@@ -107,14 +107,15 @@ def concept_embeddings(pipeline, texts: list[str], device, positions: Positions)
     from there to the last position, or at every position."""
     import torch
 
+    from .diffusion import text_hidden_states
+
     unique = list(dict.fromkeys(texts))
     if not unique:
         return {}
-    tokens = pipeline.tokenizer(unique, padding="max_length", max_length=pipeline.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt")
-    with torch.no_grad():
-        hidden = pipeline.text_encoder.to(device)(tokens.input_ids.to(device))[0].double().cpu()
-    last = tokens.attention_mask.sum(1) - 2  # the real tokens minus the end token, 0-based
+    hidden, input_ids, _ = text_hidden_states(pipeline, unique, device)
+    hidden = hidden.double().cpu()
+    ends = (input_ids == pipeline.tokenizer.eos_token_id).int().argmax(1)  # the first end token of each row
+    last = ends - 1  # the last word token, 0-based (the start token for '')
     start = {"last-word": last, "to-end": last, "all": torch.zeros_like(last)}[positions]
     stop = last + 1 if positions == "last-word" else torch.full_like(last, hidden.shape[1])
     return {text: hidden[i, start[i]:stop[i]] for i, text in enumerate(unique)}

@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from ..erasure.diffusion import PrefixEmbeddings, prediction_target, prefixed_token_ids, seeded_generator
 from ..erasure.errors import EraseError
-from ..erasure.folders import OutputFolder, differing_keys
+from ..erasure.folders import OutputFolder, differing_keys, model_family
 from ..erasure.model_io import load_model_or_adapter
 from .generate import process_state
 from .report import attack_report, uint8_images
@@ -305,6 +305,9 @@ def run_attack(suite: AttackSuite, model: str, output_dir: str, base: str, setti
     returns the metrics there and None on the other processes."""
     output = OutputFolder(output_dir, overwrite, resume=True)  # an interrupted attack continues per prompt
     output.check()
+    if "sdxl" in (model_family(model), model_family(base)):
+        raise EraseError("the attack cannot run on an SDXL model yet: its prefix tokens enter one text encoder, "
+                         "and SDXL's UNet reads two")
     run = {"model": model, "base": base, "concept": suite.concept, "settings": asdict(settings),
            "suite": suite.settings(), "calibrate": calibrate}
     run = json.loads(json.dumps(run))  # as attack.json holds it: lists, not tuples

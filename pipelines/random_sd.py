@@ -6,7 +6,9 @@ SD-1.5 shapes (UNet 859.5M parameters) for GPU benchmarks, and their SD 2.x sibl
 and `sd2` (SD 2.1-768's shapes, UNet 865.9M): a wider GELU text encoder (OpenCLIP-H's 1024, its
 23 layers as diffusers ships them), `use_linear_projection`, heads per block instead of a head
 width, `!` as the padding token and v-prediction (`prediction_type` picks epsilon instead, as in
-SD 2.x-base). The tokenizer is a genuine CLIP byte-level BPE tokenizer written from a word list,
+SD 2.x-base). `tiny-sdxl` and `sdxl` (SDXL-base's shapes, UNet 2.57B) are
+`StableDiffusionXLPipeline`s: two text encoders (the second with a projection, whose pooled
+output and the image size conditions reach the UNet as `added_cond_kwargs`). The tokenizer is a genuine CLIP byte-level BPE tokenizer written from a word list,
 so any prompt tokenizes.
 """
 
@@ -15,8 +17,9 @@ import os
 from typing import Iterable
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline,
+                       UNet2DConditionModel)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 DEFAULT_WORDS = (
     "a photo of the an image drawing painting picture person people nude naked wearing clothes "
@@ -116,19 +119,48 @@ SIZES = {
         vocab_size=49408, pad_token="!", prediction_type="v_prediction",
     ),
 }
+# SDXL: the UNet's cross-attention width is the two encoders' widths together, and its added
+# embedding reads the second encoder's pooled projection plus 6 size/crop ids of `addition_time_embed_dim` each.
+XL_SIZES = {
+    "tiny-sdxl": dict(
+        unet=dict(sample_size=8, layers_per_block=1, block_out_channels=(32, 64),
+                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                  up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2),
+                  attention_head_dim=(2, 4), use_linear_projection=True, addition_time_embed_dim=8,
+                  norm_num_groups=16),
+        vae=SIZES["tiny"]["vae"],
+        text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, hidden_act="gelu"),
+        text_2=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                    hidden_act="gelu", projection_dim=40),
+        vocab_size=None,
+    ),
+    "sdxl": dict(
+        unet=dict(sample_size=128, block_out_channels=(320, 640, 1280),
+                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                  up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                  transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
+                  use_linear_projection=True, addition_time_embed_dim=256),
+        vae=dict(SIZES["sd15"]["vae"], sample_size=1024, scaling_factor=0.13025, force_upcast=True),
+        text=dict(SIZES["sd15"]["text"]),
+        text_2=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                    hidden_act="gelu", projection_dim=1280),
+        vocab_size=49408,
+    ),
+}
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+SIZE_NAMES = (*SIZES, *XL_SIZES)
 
 
 def build_random_pipeline(size: str = "tiny", seed: int = 0, tokenizer_dir: str | None = None,
-                          prediction_type: str | None = None) -> StableDiffusionPipeline:
-    """A `StableDiffusionPipeline` of the given size with random weights (seeded), no safety checker.
+                          prediction_type: str | None = None) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+    """A pipeline of the given size with random weights (seeded), no safety checker or watermarker.
 
     The tokenizer files go to `tokenizer_dir` (a temporary folder when None); `prediction_type`
-    (epsilon, v_prediction) defaults to the size's family: epsilon for SD 1.x, v for SD 2.x.
+    (epsilon, v_prediction, sample) defaults to the size's family: v for SD 2.x, else epsilon.
     """
-    if size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
-    spec = SIZES[size]
+    if size not in SIZE_NAMES:
+        raise ValueError(f"unknown size {size!r}; choose one of {SIZE_NAMES}")
+    spec = SIZES.get(size) or XL_SIZES[size]
     prediction_type = prediction_type or spec.get("prediction_type", "epsilon")
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}")
@@ -138,16 +170,29 @@ def build_random_pipeline(size: str = "tiny", seed: int = 0, tokenizer_dir: str 
         tokenizer_dir = tempfile.mkdtemp(prefix="sd-erasure-tokenizer-")
     tokenizer = write_clip_tokenizer(tokenizer_dir, DEFAULT_WORDS, pad_token=spec.get("pad_token", "<|endoftext|>"))
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**spec["unet"])
+
+    def text_config(text: dict) -> CLIPTextConfig:
+        return CLIPTextConfig(vocab_size=spec["vocab_size"] or len(tokenizer),
+                              max_position_embeddings=tokenizer.model_max_length, bos_token_id=tokenizer.bos_token_id,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                              **{"projection_dim": text["hidden_size"], **text})
+
     vae = AutoencoderKL(latent_channels=4, **spec["vae"])
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=spec["vocab_size"] or len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, projection_dim=spec["text"]["hidden_size"], **spec["text"],
-    ))
+    text_encoder = CLIPTextModel(text_config(spec["text"]))
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               clip_sample=False, set_alpha_to_one=False, steps_offset=1,
                               prediction_type=prediction_type)
-    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    if size in SIZES:
+        return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                       unet=UNet2DConditionModel(**spec["unet"]), scheduler=scheduler,
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    text_2 = spec["text_2"]
+    unet = UNet2DConditionModel(
+        cross_attention_dim=spec["text"]["hidden_size"] + text_2["hidden_size"], addition_embed_type="text_time",
+        projection_class_embeddings_input_dim=text_2["projection_dim"] + 6 * spec["unet"]["addition_time_embed_dim"],
+        **spec["unet"])
+    # SDXL's second tokenizer is OpenCLIP's, padding with '!'
+    tokenizer_2 = write_clip_tokenizer(tokenizer_dir + "-2", DEFAULT_WORDS, pad_token="!")
+    return StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                     text_encoder_2=CLIPTextModelWithProjection(text_config(text_2)),
+                                     tokenizer_2=tokenizer_2, scheduler=scheduler, add_watermarker=False)

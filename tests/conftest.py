@@ -49,3 +49,53 @@ def erased(tiny_sd, tmp_path_factory):
 
 def unet_weights(folder) -> dict[str, torch.Tensor]:
     return load_file(os.path.join(folder, "unet", "diffusion_pytorch_model.safetensors"))
+
+
+# Each registered method's cheapest run for the model-family tests (test_sd2, test_sdxl), and the one
+# component it changes (None: no weights, SEOT). {clip}: a CLIP model matching the base's text encoder.
+SMOKE_TRAINING = ["--num-images", "8", "--synthesis-steps", "2", "--steps", "3", "--batch-size", "2"]
+SMOKE_RUNS = {
+    "salun": (SMOKE_TRAINING, "unet"), "salun-soft": (SMOKE_TRAINING, "unet"), "esd": (SMOKE_TRAINING, "unet"),
+    "ca": (SMOKE_TRAINING, "unet"), "fmn": (SMOKE_TRAINING, "unet"), "scissorhands": (SMOKE_TRAINING, "unet"),
+    "erasediff": (SMOKE_TRAINING, "unet"), "advunlearn": (SMOKE_TRAINING, "text_encoder"), "uce": ([], "unet"),
+    "slug": (["--num-images", "8", "--synthesis-steps", "2", "--clip-model", "{clip}"], "text_encoder"),
+    "seot": ([], None),
+}
+
+
+def changed_components(base, out, weight_files: dict) -> set:
+    """The components (by name -> weight file) whose stored tensors differ bit for bit between two
+    pipeline folders; erasure.json's `changed` must count the same tensors."""
+    import json
+
+    changed = {}
+    for name, file in weight_files.items():
+        old, new = load_file(os.path.join(base, file)), load_file(os.path.join(out, file))
+        changed[name] = sum(not torch.equal(old[k].view(torch.uint8), new[k].view(torch.uint8)) for k in old)
+    with open(os.path.join(out, "erasure.json")) as f:
+        recorded = json.load(f)["changed"]
+    assert {n: recorded[n]["tensors"] for n in weight_files} == changed
+    return {n for n, count in changed.items() if count}
+
+
+def assert_resume_reproduces(base, tmp_path) -> None:
+    """A SalUn erase of `base` stopped at step 3 and resumed from its step-2 checkpoint ends on the
+    uninterrupted run's UNet weights, which differ from the base's."""
+    from sd_erasure import SalUnConfig, erase
+
+    settings = dict(model=str(base), concept="a cat", num_images=8, synthesis_steps=2, steps=4, batch_size=2,
+                    checkpointing_steps=2)
+    erase(SalUnConfig(output_dir=str(tmp_path / "whole"), **settings), show_progress=False)
+
+    def stop_at_step_3(step, logs):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        erase(SalUnConfig(output_dir=str(tmp_path / "resumed"), **settings), step_callback=stop_at_step_3,
+              show_progress=False)
+    erase(SalUnConfig(output_dir=str(tmp_path / "resumed"), resume_from_checkpoint="latest", **settings),
+          show_progress=False)
+    whole, resumed = (unet_weights(tmp_path / run) for run in ("whole", "resumed"))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert not all(torch.equal(whole[k], v) for k, v in unet_weights(base).items())

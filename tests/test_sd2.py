@@ -4,24 +4,12 @@ diffusers as a StableDiffusionPipeline that keeps the base's prediction type and
 the method does not train is bit-identical, and an interrupted run resumes to the uninterrupted
 run's weights (on the epsilon variant, SD 2.x-base's)."""
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from conftest import erase_cli
-from sd_erasure import SalUnConfig, erase, methods
+from conftest import SMOKE_RUNS, assert_resume_reproduces, changed_components, erase_cli
+from sd_erasure import methods
 
-TRAINING = ["--num-images", "8", "--synthesis-steps", "2", "--steps", "3", "--batch-size", "2"]
-# each method's cheapest settings, and the one component it changes (None: no weights, SEOT)
-RUNS = {
-    "salun": (TRAINING, "unet"), "salun-soft": (TRAINING, "unet"), "esd": (TRAINING, "unet"),
-    "ca": (TRAINING, "unet"), "fmn": (TRAINING, "unet"), "scissorhands": (TRAINING, "unet"),
-    "erasediff": (TRAINING, "unet"), "advunlearn": (TRAINING, "text_encoder"), "uce": ([], "unet"),
-    "slug": (["--num-images", "8", "--synthesis-steps", "2", "--clip-model", "{clip}"], "text_encoder"),
-    "seot": ([], None),
-}
 WEIGHTS = {"unet": "unet/diffusion_pytorch_model.safetensors", "text_encoder": "text_encoder/model.safetensors",
            "vae": "vae/diffusion_pytorch_model.safetensors"}
 
@@ -55,15 +43,15 @@ def sd2_clip(sd2_v, tmp_path_factory):
 
 
 def test_every_registered_method_is_run_on_sd2():
-    assert set(RUNS) == set(methods())
+    assert set(SMOKE_RUNS) == set(methods())
 
 
-@pytest.mark.parametrize("method", RUNS)
+@pytest.mark.parametrize("method", SMOKE_RUNS)
 def test_method_on_sd2_v_prediction_writes_a_stock_sd2_pipeline_changing_only_its_component(
         method, sd2_v, sd2_clip, tmp_path):
     from diffusers import DiffusionPipeline
 
-    args, component = RUNS[method]
+    args, component = SMOKE_RUNS[method]
     out = tmp_path / "out"
     assert erase_cli("--model", sd2_v, "--concept", "a cat", "--output", out, "--method", method,
                      *(a.format(clip=sd2_clip) for a in args)) == 0
@@ -71,13 +59,7 @@ def test_method_on_sd2_v_prediction_writes_a_stock_sd2_pipeline_changing_only_it
     assert type(pipeline).__name__ == "StableDiffusionPipeline"
     assert pipeline.scheduler.config.prediction_type == "v_prediction"
     assert pipeline.tokenizer.pad_token == "!" and pipeline.unet.config.use_linear_projection
-    changed = {}
-    for name, file in WEIGHTS.items():
-        base, new = load_file(sd2_v / file), load_file(out / file)
-        changed[name] = sorted(k for k in base if not torch.equal(base[k].view(torch.uint8), new[k].view(torch.uint8)))
-    assert {n for n, keys in changed.items() if keys} == ({component} if component else set())
-    record = json.loads((out / "erasure.json").read_text())
-    assert {n: record["changed"][n]["tensors"] for n in WEIGHTS} == {n: len(k) for n, k in changed.items()}
+    assert changed_components(sd2_v, out, WEIGHTS) == ({component} if component else set())
 
 
 def test_prediction_target_follows_the_scheduler():
@@ -95,19 +77,4 @@ def test_prediction_target_follows_the_scheduler():
 
 def test_resumed_sd2_run_gives_the_uninterrupted_weights(tmp_path_factory, tmp_path):
     base = random_pipeline(tmp_path_factory.mktemp("sd2") / "tiny-sd2-eps", "--prediction-type", "epsilon")
-    settings = dict(model=str(base), concept="a cat", num_images=8, synthesis_steps=2, steps=4, batch_size=2,
-                    checkpointing_steps=2)
-    erase(SalUnConfig(output_dir=str(tmp_path / "whole"), **settings), show_progress=False)
-
-    def stop_at_step_3(step, logs):
-        if step == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        erase(SalUnConfig(output_dir=str(tmp_path / "resumed"), **settings), step_callback=stop_at_step_3,
-              show_progress=False)
-    erase(SalUnConfig(output_dir=str(tmp_path / "resumed"), resume_from_checkpoint="latest", **settings),
-          show_progress=False)
-    whole, resumed = (load_file(tmp_path / run / WEIGHTS["unet"]) for run in ("whole", "resumed"))
-    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
-    assert not all(torch.equal(whole[k], v) for k, v in load_file(base / WEIGHTS["unet"]).items())
+    assert_resume_reproduces(base, tmp_path)

@@ -1,0 +1,104 @@
+"""SDXL on a tiny random StableDiffusionXLPipeline (two text encoders of different widths, pooled
+embeddings and size ids as added conditions): the conditioning every method passes is the one the
+pipeline itself builds, each method that supports SDXL writes a stock StableDiffusionXLPipeline in
+which only its component changed (the second text encoder never does), the others are refused in
+one line before the model loads, the LoRA export loads with the SDXL pipeline's `load_lora_weights`,
+resume reproduces the weights, and the model card names the SDXL pipeline."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import SMOKE_RUNS, assert_resume_reproduces, changed_components, erase_cli
+from sd_erasure import methods
+
+WEIGHTS = {"unet": "unet/diffusion_pytorch_model.safetensors", "text_encoder": "text_encoder/model.safetensors",
+           "text_encoder_2": "text_encoder_2/model.safetensors", "vae": "vae/diffusion_pytorch_model.safetensors"}
+UNSUPPORTED = {name for name, method in methods().items() if method.config.NO_SDXL}
+
+
+@pytest.fixture(scope="module")
+def sdxl(tmp_path_factory):
+    from sd_erasure.erasure.cli import main
+
+    folder = tmp_path_factory.mktemp("sdxl") / "tiny-sdxl"
+    assert main(["random-pipeline", str(folder), "--size", "tiny-sdxl"]) == 0
+    return folder
+
+
+def test_packed_conditioning_gives_the_pipelines_own_prediction(sdxl):
+    from diffusers import StableDiffusionXLPipeline
+
+    from sd_erasure.erasure.diffusion import encode_prompts, sdxl_conditions
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(sdxl)
+    embeds, negative, pooled, negative_pooled = pipe.encode_prompt("a red circle", device="cpu")
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    time_ids = pipe._get_add_time_ids((size, size), (0, 0), (size, size), embeds.dtype,
+                                      text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+    latents, t = torch.randn(2, 4, 8, 8), torch.tensor([500, 500])
+    with torch.no_grad():
+        expected = pipe.unet(latents, t, torch.cat([embeds, negative]), added_cond_kwargs={
+            "text_embeds": torch.cat([pooled, negative_pooled]), "time_ids": time_ids.repeat(2, 1)}).sample
+        packed = encode_prompts(pipe, ["a red circle", ""], "cpu")
+        with sdxl_conditions(pipe):
+            ours = pipe.unet(latents, t, torch.stack([packed["a red circle"], packed[""]])).sample
+    assert torch.allclose(ours, expected, atol=1e-5)
+    assert not torch.allclose(expected[0], expected[1], atol=1e-3)  # the prompt matters, so the check can fail
+
+
+def test_every_registered_method_is_run_or_refused_on_sdxl():
+    assert set(SMOKE_RUNS) == set(methods()) and UNSUPPORTED == {"advunlearn", "slug", "seot"}
+
+
+@pytest.mark.parametrize("method", sorted(set(SMOKE_RUNS) - UNSUPPORTED))
+def test_method_on_sdxl_writes_a_stock_sdxl_pipeline_changing_only_its_component(method, sdxl, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    args, component = SMOKE_RUNS[method]
+    out = tmp_path / "out"
+    assert erase_cli("--model", sdxl, "--concept", "a cat", "--output", out, "--method", method, *args) == 0
+    assert type(DiffusionPipeline.from_pretrained(str(out))).__name__ == "StableDiffusionXLPipeline"
+    assert changed_components(sdxl, out, WEIGHTS) == {component}
+    assert json.loads((out / "erasure.json").read_text())["base_model"]["family"] == "sdxl"
+
+
+@pytest.mark.parametrize("method", sorted(UNSUPPORTED))
+def test_methods_without_sdxl_are_refused_in_one_line_before_loading(method, sdxl, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert erase_cli("--model", sdxl, "--concept", "a cat", "--output", out, "--method", method) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot erase an SDXL model" in err and "--method salun" in err
+    assert not out.exists() and not (tmp_path / "out.incomplete").exists()
+
+
+def test_uce_lora_export_loads_onto_the_sdxl_base_as_the_erased_weights(sdxl, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import load_file
+
+    out = tmp_path / "uce"
+    assert erase_cli("--model", sdxl, "--concept", "a cat", "--output", out, "--method", "uce",
+                     "--output-format", "both") == 0
+    pipe = StableDiffusionXLPipeline.from_pretrained(sdxl)
+    pipe.load_lora_weights(str(out))
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    fused, erased = pipe.unet.state_dict(), load_file(out / WEIGHTS["unet"])
+    assert max(float((fused[k] - erased[k]).abs().max()) for k in erased) < 1e-6
+
+
+def test_resumed_sdxl_run_gives_the_uninterrupted_weights(sdxl, tmp_path):
+    assert_resume_reproduces(sdxl, tmp_path)
+
+
+def test_sdxl_card_names_the_sdxl_pipeline_and_the_attack_refuses_it(sdxl, tmp_path, capsys):
+    from sd_erasure.erasure.cli import main
+    from sd_erasure.erasure.hub import build_model_card
+
+    out = tmp_path / "uce"
+    assert erase_cli("--model", sdxl, "--concept", "a cat", "--output", out, "--method", "uce") == 0
+    card = build_model_card(str(out), "someone/tiny-sdxl-no-cat", license="openrail++")
+    assert "stable-diffusion-xl" in card.data.tags and "`StableDiffusionXLPipeline`" in card.text
+    assert main(["attack", "--suite", "nudity", "--model", str(out), "--output", str(tmp_path / "attack")]) == 2
+    assert "SDXL" in capsys.readouterr().err and not (tmp_path / "attack").exists()
