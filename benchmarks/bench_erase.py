@@ -42,8 +42,8 @@ def device_name() -> str:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=("tiny", "tiny-sd2", "sd15", "sd2"), default="tiny",
-                        help="the random pipeline's shapes (sd2: SD 2.1-768's, v-prediction)")
+    parser.add_argument("--size", choices=("tiny", "tiny-sd2", "tiny-sdxl", "sd15", "sd2", "sdxl"), default="tiny",
+                        help="the random pipeline's shapes (sd2: SD 2.1-768's, v-prediction; sdxl: SDXL-base's)")
     parser.add_argument("--method", choices=tuple(methods()), default=DEFAULT_METHOD)
     parser.add_argument("--sample-from", choices=("current", "base"), default="current",
                         help="for methods that sample trajectories (esd)")
@@ -61,6 +61,9 @@ def main(argv=None) -> dict:
                                                                                     "--adapter lora)")
     parser.add_argument("--adapter", choices=("full", "lora"), default="full", help="train the weights or a LoRA")
     parser.add_argument("--lora-rank", type=int, help="with --adapter lora: its rank (default 4)")
+    parser.add_argument("--scope", choices=("full", "xattn", "noxattn"), help="salun-like methods: the weights trained")
+    parser.add_argument("--mask-ranking", choices=("unet", "scope"), help="salun: rank saliency over the UNet or the scope")
+    parser.add_argument("--resolution", type=int, help="image size of the data (default: the model's)")
     parser.add_argument("--record", action="store_true", help=f"append the result to {os.path.relpath(RESULTS)}")
     args = parser.parse_args(argv)
 
@@ -78,7 +81,8 @@ def main(argv=None) -> dict:
         del pipeline
         common = dict(model=base, concept="nudity", output_dir=os.path.join(work, "erased"),
                       cache_dir=os.path.join(work, "cache"), mixed_precision=args.mixed_precision)
-        settings = {k: getattr(args, k) for k in ("steps", "batch_size", "warmup_steps", "lora_rank")
+        settings = {k: getattr(args, k) for k in ("steps", "batch_size", "warmup_steps", "lora_rank", "scope",
+                                                  "mask_ranking", "resolution")
                     if getattr(args, k) is not None}
         settings.update(gradient_checkpointing=args.gradient_checkpointing, num_images=args.num_images,
                         synthesis_steps=args.synthesis_steps, synthesis_batch_size=args.synthesis_batch_size,
