@@ -7,18 +7,8 @@
 # still records the most; a failing row is reported and the rest still run (exit 1 at the end).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-.venv/bin/python}
 ROWS=(uce uce-lora uce-concepts salun-256 salun-lora esd-base advunlearn ca fmn scissorhands erasediff seot attack generate optimizer esd-paper salun-800 sd2-uce sd2-salun-256)
-for name in "$@"; do
-  [[ " ${ROWS[*]} " == *" $name "* ]] || { echo "unknown row '$name'; rows: ${ROWS[*]}" >&2; exit 2; }
-done
-wanted=("$@")
-failed=()
-row() {
-  local name=$1; shift
-  ((${#wanted[@]} == 0)) || [[ " ${wanted[*]} " == *" $name "* ]] || return 0
-  echo "+ [$name] $*" >&2; "$PY" -m "$@" --record || failed+=("$name")
-}
+source benchmarks/rows.sh
 fast_salun="--size sd15 --mixed-precision bf16 --gradient-checkpointing --synthesis-scheduler dpm --synthesis-steps 20 --synthesis-batch-size 32"
 row uce        benchmarks.bench_erase --size sd15 --method uce                 # target: <= 5 s
 row uce-lora   benchmarks.bench_erase --size sd15 --method uce --output-format lora   # the adapter instead of the 3.4 GB pipeline
@@ -40,4 +30,4 @@ row salun-800  benchmarks.bench_erase $fast_salun --num-images 800            # 
 # SD 2.1's shapes (768 px, v-prediction, 1024-wide text encoder): run by name, `bash benchmarks/sd15.sh sd2-uce sd2-salun-256`
 row sd2-uce    benchmarks.bench_erase --size sd2 --method uce
 row sd2-salun-256 benchmarks.bench_erase ${fast_salun/sd15/sd2} --num-images 256   # 96x96 latents: 2.25x SD 1.5's
-if ((${#failed[@]})); then printf 'FAILED: %s\n' "${failed[@]}" >&2; exit 1; fi
+finish

@@ -7,20 +7,10 @@
 # and ranks the cross-attention weights alone; the full row shows what the whole UNet costs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-.venv/bin/python}
 ROWS=(uce salun-xattn salun-full)
-for name in "$@"; do
-  [[ " ${ROWS[*]} " == *" $name "* ]] || { echo "unknown row '$name'; rows: ${ROWS[*]}" >&2; exit 2; }
-done
-wanted=("$@")
-failed=()
-row() {
-  local name=$1; shift
-  ((${#wanted[@]} == 0)) || [[ " ${wanted[*]} " == *" $name "* ]] || return 0
-  echo "+ [$name] $*" >&2; "$PY" -m "$@" --record || failed+=("$name")
-}
+source benchmarks/rows.sh
 fast_salun="--size sdxl --mixed-precision bf16 --gradient-checkpointing --synthesis-scheduler dpm --synthesis-steps 20 --synthesis-batch-size 8"
 row uce         benchmarks.bench_erase --size sdxl --method uce                 # the closed form on 2048-wide keys/values
 row salun-xattn benchmarks.bench_erase $fast_salun --num-images 64 --scope xattn --mask-ranking scope   # target: <= 24 GiB
 row salun-full  benchmarks.bench_erase $fast_salun --num-images 64             # the official whole-UNet ranking and scope
-if ((${#failed[@]})); then printf 'FAILED: %s\n' "${failed[@]}" >&2; exit 1; fi
+finish

@@ -135,8 +135,6 @@ class AdvUnlearnConfig(TrajectoryConfig):
     def check_with_pipeline(self, pipeline) -> None:
         from .diffusion import check_prompt_lengths
 
-        if getattr(pipeline, "text_encoder_2", None) is not None:
-            raise EraseError("AdvUnlearn here trains the one text encoder of SD 1.x/2.x pipelines; this pipeline has two")
         tokenizer = pipeline.tokenizer
         check_prompt_lengths(tokenizer, self.forget_prompts + self.retain_prompts, "AdvUnlearn prompt")
         longest = max(len(tokenizer(p).input_ids) for p in self.forget_prompts)

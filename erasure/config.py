@@ -85,6 +85,9 @@ class EraseConfig:
         None, group="model", help="what OUT holds: the erased pipeline, the erasure as a LoRA that "
                                   "pipe.load_lora_weights(OUT) loads onto the base model, or both "
                                   "(default: lora with --adapter lora, else pipeline)")
+    self_check_images: int = option(16, group="self-check", help="held-out images of the concept, and as many of "
+                                                                 "the retain prompts, the self-check measures the "
+                                                                 "erase on (fewer: a faster, noisier check)")
     lora_rank: int | None = option(None, group="model", help="the LoRA's rank per layer: with --adapter lora the "
                                                             "rank trained (default 4, as diffusers' LoRA training "
                                                             "scripts); else the rank --output-format lora|both "
@@ -105,7 +108,7 @@ class EraseConfig:
         """Reject impossible settings with one line that says what to do instead (cheap: no torch)."""
         check_concept(self.concept)
         check_choices(self)
-        self.require_positive("lora_rank")
+        self.require_positive("lora_rank", "self_check_images")
         if self.lora_rank is not None and self.output_format == "pipeline" and not self.trains_lora:
             raise EraseError("`lora_rank` sets the adapter's rank: add `output_format` lora or both")
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
 
 from ..pipelines.pipeline_seot import suppressed_embeddings, suppression_of
+from .model_io import is_sdxl
 
 # Samplers by the short names the CLI takes (erasure.config.Sampler); "dpm" (DPM-Solver++ 2M) needs the
 # fewest steps. LMS is left out: diffusers' LMSDiscreteScheduler needs scipy, which is not a dependency.
@@ -49,7 +50,7 @@ def text_hidden_states(pipeline, prompts: list[str], device) -> tuple[torch.Tens
     projection, as StableDiffusionXLPipeline.encode_prompt makes them."""
     tokens = pipeline.tokenizer(prompts, padding="max_length", max_length=pipeline.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
-    if getattr(pipeline, "text_encoder_2", None) is None:
+    if not is_sdxl(pipeline):
         return pipeline.text_encoder.to(device)(tokens.input_ids.to(device))[0], tokens.input_ids, None
     hidden = []
     for tokenizer, encoder in ((pipeline.tokenizer, pipeline.text_encoder), (pipeline.tokenizer_2, pipeline.text_encoder_2)):
@@ -91,7 +92,7 @@ def sdxl_conditions(pipeline):
     more than the tokenizer's length) reads its `added_cond_kwargs` from that last row and attends to
     the rest: every method keeps the one call `unet(x, t, states)`, whatever the model. Calls with
     their own `added_cond_kwargs` (the pipeline's sampling) pass unchanged; SD 1.x/2.x: a no-op."""
-    if getattr(pipeline, "text_encoder_2", None) is None:
+    if not is_sdxl(pipeline):
         yield
         return
     length, pooled_width = pipeline.tokenizer.model_max_length, pipeline.text_encoder_2.config.projection_dim

@@ -236,7 +236,9 @@ def erase_pipeline(pipeline, config: EraseConfig, step_callback=None, show_progr
     """Run the method `config` belongs to on a pipeline you hold, in place; nothing is written."""
     method = method_of(config)
     config.check()
-    family = "sdxl" if getattr(pipeline, "text_encoder_2", None) is not None else "sd"
+    from .model_io import is_sdxl
+
+    family = "sdxl" if is_sdxl(pipeline) else "sd"
     config.check_family(family)
     folder = pipeline.name_or_path if pipeline.name_or_path and os.path.isdir(pipeline.name_or_path) else ""
     base = BaseModel(pipeline.name_or_path or "", folder)  # a folder's profile applies to the pipeline loaded from it

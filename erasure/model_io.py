@@ -24,7 +24,8 @@ def weight_components(pipeline) -> dict:
 
 
 def is_sdxl(pipeline) -> bool:
-    return isinstance(pipeline, StableDiffusionXLPipeline)
+    """Whether the pipeline conditions on SDXL's two text encoders (any SDXL pipeline class)."""
+    return getattr(pipeline, "text_encoder_2", None) is not None
 
 
 @torch.no_grad()

@@ -41,7 +41,6 @@ MAX_REMAINING = 0.5  # erased when at most this share of the base model's concep
 MIN_BASE_MARGIN = 0.01  # below this share of the anchor's error the base model does not tie prompt and concept
 MIN_LEVEL_SHARE = 0.05  # a timestep whose base margin is below this share of the whole says little on its own
 RETAIN_BUDGET = 0.10  # retain drift within which the rest of the model counts as kept
-IMAGES = 16  # held-out images of the concept, and as many of the retain prompts
 TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)  # shares of the training schedule at which every image is noised
 EXIT_NOT_ERASED = 3  # `sd-erase erase` exits with this when the check finds the concept still there
 
@@ -93,7 +92,8 @@ class SelfCheck:
         self.autocast = session.accelerator.autocast
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         resolution = data_resolution(pipeline, config)
-        synthesis = dict(num_images=IMAGES, seed=config.seed, resolution=resolution, guidance_scale=7.5,
+        self.images = config.self_check_images
+        synthesis = dict(num_images=self.images, seed=config.seed, resolution=resolution, guidance_scale=7.5,
                          num_inference_steps=getattr(config, "synthesis_steps", None) or 25,
                          batch_size=getattr(config, "synthesis_batch_size", None) or 8,
                          scheduler=getattr(config, "synthesis_scheduler", None), model_key=session.model_key,
@@ -198,7 +198,7 @@ class SelfCheck:
                            "min_level_share": MIN_LEVEL_SHARE,
                            "retain_budget": RETAIN_BUDGET},
             "errors": {"base": self.base, "erased": erased}, "unknown_words": self.unknown,
-            "data": {"images": IMAGES, "timesteps": list(TIMESTEPS), "concept_prompts": self.prompts.concept[:8],
+            "data": {"images": self.images, "timesteps": list(TIMESTEPS), "concept_prompts": self.prompts.concept[:8],
                      "anchor_prompts": self.prompts.anchor[:8], "retain_prompts": self.prompts.retain[:8]},
         }
 

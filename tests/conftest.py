@@ -53,13 +53,14 @@ def unet_weights(folder) -> dict[str, torch.Tensor]:
 
 # Each registered method's cheapest run for the model-family tests (test_sd2, test_sdxl), and the one
 # component it changes (None: no weights, SEOT). {clip}: a CLIP model matching the base's text encoder.
-SMOKE_TRAINING = ["--num-images", "8", "--synthesis-steps", "2", "--steps", "3", "--batch-size", "2"]
+SMOKE_CHECK = ["--self-check-images", "4"]
+SMOKE_TRAINING = ["--num-images", "8", "--synthesis-steps", "2", "--steps", "3", "--batch-size", "2", *SMOKE_CHECK]
 SMOKE_RUNS = {
     "salun": (SMOKE_TRAINING, "unet"), "salun-soft": (SMOKE_TRAINING, "unet"), "esd": (SMOKE_TRAINING, "unet"),
     "ca": (SMOKE_TRAINING, "unet"), "fmn": (SMOKE_TRAINING, "unet"), "scissorhands": (SMOKE_TRAINING, "unet"),
-    "erasediff": (SMOKE_TRAINING, "unet"), "advunlearn": (SMOKE_TRAINING, "text_encoder"), "uce": ([], "unet"),
-    "slug": (["--num-images", "8", "--synthesis-steps", "2", "--clip-model", "{clip}"], "text_encoder"),
-    "seot": ([], None),
+    "erasediff": (SMOKE_TRAINING, "unet"), "advunlearn": (SMOKE_TRAINING, "text_encoder"), "uce": (SMOKE_CHECK, "unet"),
+    "slug": (["--num-images", "8", "--synthesis-steps", "2", "--clip-model", "{clip}", *SMOKE_CHECK], "text_encoder"),
+    "seot": (SMOKE_CHECK, None),
 }
 
 
@@ -84,7 +85,7 @@ def assert_resume_reproduces(base, tmp_path) -> None:
     from sd_erasure import SalUnConfig, erase
 
     settings = dict(model=str(base), concept="a cat", num_images=8, synthesis_steps=2, steps=4, batch_size=2,
-                    checkpointing_steps=2)
+                    checkpointing_steps=2, self_check_images=4)
     erase(SalUnConfig(output_dir=str(tmp_path / "whole"), **settings), show_progress=False)
 
     def stop_at_step_3(step, logs):

@@ -78,7 +78,7 @@ def test_erasure_json_records_the_run(tiny_sd, erased):
     assert record["method"] == "salun" and record["concept"] == "nudity"
     assert record["prompts"]["forget"] == ["a photo of a nude person"]
     assert record["prompts"]["misaligned"] == ["a photo of a person wearing clothes"]
-    assert record["base_model"] == {"id": str(tiny_sd), "revision": None}
+    assert record["base_model"] == {"id": str(tiny_sd), "revision": None, "family": "sd"}
     hp = record["hyperparameters"]
     assert (hp["learning_rate"], hp["retain_loss_weight"], hp["mask_ratio"], hp["steps"]) == (1e-5, 0.1, 0.5, 6)
     assert set(record["seconds"]) == {"self_check", "data", "saliency", "unlearning", "save"}

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from conftest import SMOKE_RUNS, assert_resume_reproduces, changed_components, erase_cli
+from conftest import SMOKE_CHECK, SMOKE_RUNS, assert_resume_reproduces, changed_components, erase_cli
 from sd_erasure import methods
 
 WEIGHTS = {"unet": "unet/diffusion_pytorch_model.safetensors", "text_encoder": "text_encoder/model.safetensors",
@@ -73,13 +73,20 @@ def test_methods_without_sdxl_are_refused_in_one_line_before_loading(method, sdx
     assert not out.exists() and not (tmp_path / "out.incomplete").exists()
 
 
-def test_uce_lora_export_loads_onto_the_sdxl_base_as_the_erased_weights(sdxl, tmp_path):
+@pytest.fixture(scope="module")
+def sdxl_uce(sdxl, tmp_path_factory):
+    """A UCE erase of the tiny SDXL written as a pipeline and as a LoRA (`--output-format both`)."""
+    out = tmp_path_factory.mktemp("sdxl-uce") / "out"
+    assert erase_cli("--model", sdxl, "--concept", "a cat", "--output", out, "--method", "uce",
+                     "--output-format", "both", *SMOKE_CHECK) == 0
+    return out
+
+
+def test_uce_lora_export_loads_onto_the_sdxl_base_as_the_erased_weights(sdxl, sdxl_uce):
     from diffusers import StableDiffusionXLPipeline
     from safetensors.torch import load_file
 
-    out = tmp_path / "uce"
-    assert erase_cli("--model", sdxl, "--concept", "a cat", "--output", out, "--method", "uce",
-                     "--output-format", "both") == 0
+    out = sdxl_uce
     pipe = StableDiffusionXLPipeline.from_pretrained(sdxl)
     pipe.load_lora_weights(str(out))
     pipe.fuse_lora()
@@ -92,12 +99,11 @@ def test_resumed_sdxl_run_gives_the_uninterrupted_weights(sdxl, tmp_path):
     assert_resume_reproduces(sdxl, tmp_path)
 
 
-def test_sdxl_card_names_the_sdxl_pipeline_and_the_attack_refuses_it(sdxl, tmp_path, capsys):
+def test_sdxl_card_names_the_sdxl_pipeline_and_the_attack_refuses_it(sdxl_uce, tmp_path, capsys):
     from sd_erasure.erasure.cli import main
     from sd_erasure.erasure.hub import build_model_card
 
-    out = tmp_path / "uce"
-    assert erase_cli("--model", sdxl, "--concept", "a cat", "--output", out, "--method", "uce") == 0
+    out = sdxl_uce
     card = build_model_card(str(out), "someone/tiny-sdxl-no-cat", license="openrail++")
     assert "stable-diffusion-xl" in card.data.tags and "`StableDiffusionXLPipeline`" in card.text
     assert main(["attack", "--suite", "nudity", "--model", str(out), "--output", str(tmp_path / "attack")]) == 2
