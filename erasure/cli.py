@@ -237,8 +237,10 @@ def cmd_evaluate(args) -> int:
             raise EraseError("--suite shapes needs --concept: the erased object or colour, e.g. --concept circle")
         protocol = Protocol(images_per_prompt=images, num_inference_steps=steps, guidance_scale=guidance, seed=args.seed)
         concept = args.concept[0] if len(args.concept) == 1 else args.concept
-        metrics = evaluate_shapes(args.model, concept, args.output, base=args.base or "shapes", protocol=protocol,
-                                  overwrite=args.overwrite)
+        from .folders import base_of
+
+        metrics = evaluate_shapes(args.model, concept, args.output, base=args.base or base_of(args.model) or "shapes",
+                                  protocol=protocol, overwrite=args.overwrite)
         print(format_table(metrics))
     else:
         from ..evaluation.generate import GenerationSettings
@@ -351,7 +353,7 @@ def cmd_profile(args) -> int:
 def cmd_demo(args) -> int:
     from ..evaluation.suite import demo
 
-    demo(args.output, args.concept, overwrite=args.overwrite, method=args.method)
+    demo(args.output, args.concept, overwrite=args.overwrite, method=args.method, model=args.model)
     return 0
 
 
@@ -400,7 +402,7 @@ def build_parser() -> Parser:
     evaluate_parser.add_argument("--suite", required=True, choices=tuple(SUITE_DEFAULTS), help="evaluation protocol")
     evaluate_parser.add_argument("--model", required=True, help="the erased pipeline folder")
     evaluate_parser.add_argument("--output", required=True, help="report folder")
-    evaluate_parser.add_argument("--base", help="base model to compare with (default: the one in the model's erasure.json; shapes: the bundled model)")
+    evaluate_parser.add_argument("--base", help="base model to compare with (default: the one in the model's erasure.json, else for --suite shapes the bundled shapes model)")
     evaluate_parser.add_argument("--concept", action="append", help="shapes: the erased object or colour (repeatable: "
                                  "several erased together, all objects or all colours); imagenette: the erased class")
     evaluate_parser.add_argument("--images-per-prompt", type=int, help="default: 8 (shapes), 1 (nudity, i2p)")
@@ -502,6 +504,8 @@ def build_parser() -> Parser:
                                  "evaluate base and erased model, print the table and write the report.")
     demo_parser.add_argument("--output", default="shapes-demo", help="folder for the erased model and the report (default: shapes-demo)")
     demo_parser.add_argument("--concept", default="circle", help="object or style to erase (default: circle)")
+    demo_parser.add_argument("--model", default="shapes", choices=("shapes", "shapes-xl"),
+                             help="the bundled model: shapes (SD 1.x architecture, default) or shapes-xl (SDXL's)")
     demo_parser.add_argument("--method", default=DEFAULT_METHOD, choices=tuple(methods()),
                              help=f"erasure method (default: {DEFAULT_METHOD})")
     demo_parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")

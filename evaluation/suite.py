@@ -63,19 +63,20 @@ def format_table(metrics: dict) -> str:
 
 
 def demo(output_dir: str = "shapes-demo", concept: str = "circle", overwrite: bool = False, show_progress: bool = True,
-         method: str = DEFAULT_METHOD) -> dict:
-    """Erase `concept` from the bundled shapes model with `method`'s defaults, evaluate before and after."""
+         method: str = DEFAULT_METHOD, model: str = "shapes") -> dict:
+    """Erase `concept` from a bundled shapes model (`shapes`, `shapes-xl`) with `method`'s defaults, evaluate
+    before and after."""
 
     output_dir = os.path.abspath(output_dir)
     if os.path.exists(output_dir) and not overwrite:
         raise EraseError(f"{output_dir} already exists: choose another --output, or pass --overwrite to replace it")
     start = time.perf_counter()
     model_dir, report_dir = os.path.join(output_dir, f"shapes-erased-{concept}"), os.path.join(output_dir, "report")
-    result = erase(get_method(method).config(model="shapes", concept=concept, output_dir=model_dir, overwrite=overwrite),
+    result = erase(get_method(method).config(model=model, concept=concept, output_dir=model_dir, overwrite=overwrite),
                    show_progress=show_progress)
-    metrics = evaluate_shapes(model_dir, concept, report_dir, overwrite=overwrite, show_progress=show_progress)
+    metrics = evaluate_shapes(model_dir, concept, report_dir, base=model, overwrite=overwrite, show_progress=show_progress)
     seconds = time.perf_counter() - start
-    print(f"\nErased '{concept}' from the bundled shapes model with {method} in {seconds:.0f} s.\n")
+    print(f"\nErased '{concept}' from the bundled {model} model with {method} in {seconds:.0f} s.\n")
     print(format_table(metrics))
     print(f"\nself-check (no judge): {describe(result.record['self_check'])}")
     print(f"\nerased model: {model_dir}\nreport:       {os.path.join(report_dir, 'report.html')}\n"

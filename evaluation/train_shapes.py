@@ -26,6 +26,13 @@ erasure adapter made on the base is applied to, `sd-erase apply`):
 fine-tunes the base's text encoder and UNet on renders of bigger shapes (the same world, judge and
 captions) and writes OUTPUT/shapes-sd-derived/ and OUTPUT/derivative.json (its prompt fidelity
 and the share of each image the shapes cover, beside the base's: the change it learnt).
+
+The SDXL-architecture model of the same world (`--model shapes-xl`), on the SD model's VAE and
+tokenizer, its two text encoders and UNet trained as step 3 trains the SD model's:
+
+    python -m sd_erasure.evaluation.train_shapes --sdxl-from evaluation/assets/shapes-sd --output evaluation/assets
+
+writes OUTPUT/shapes-sdxl/ (a stock StableDiffusionXLPipeline) and OUTPUT/shapes-sdxl-training.json.
 """
 
 import argparse
@@ -41,7 +48,8 @@ from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffus
                        UNet2DConditionModel)
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTextModel
+from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTextModel,
+                          CLIPTextModelWithProjection)
 
 from ..erasure.profile import PROFILE_FILE
 from ..pipelines.random_sd import write_clip_tokenizer
@@ -120,42 +128,53 @@ def encode_latents(vae, images, batch_size=512):
     return torch.cat([vae.encode(chunk * 2 - 1).latent_dist.mean for chunk in images.split(batch_size)])
 
 
-def train_denoiser(unet, text_encoder, tokenizer, latents, captions, config, progress=True):
-    noise_scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                    num_train_timesteps=1000)
-    parameters = list(unet.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=config.unet_learning_rate, weight_decay=1e-2)
-    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps))
-    ema_unet = EMAModel(unet.parameters(), decay=config.ema_decay)
-    ema_text = EMAModel(text_encoder.parameters(), decay=config.ema_decay)
+def sd_text_conditioning(text_encoder, tokenizer, captions):
+    """The SD text conditioning of train_denoiser: encode(batch, dropped) -> (states, None), a dropped
+    caption replaced by the empty one (the unconditional branch the pipeline uses)."""
     tokens = tokenizer(captions + [""], padding="max_length", max_length=MODEL_MAX_LENGTH, truncation=True,
                        return_tensors="pt").input_ids
-    empty = tokens[-1]
-    unet.train()
-    text_encoder.train()
+
+    def encode(batch, dropped):
+        batch_tokens = tokens[batch].clone()
+        batch_tokens[dropped] = tokens[-1]
+        return text_encoder(batch_tokens)[0], None
+    return encode
+
+
+def train_denoiser(unet, text_encoders: list, encode, latents, config, progress=True):
+    """Train the UNet and `text_encoders` jointly on `latents`; encode(batch, dropped) gives the
+    UNet's text states and added conditions for caption indices `batch`, those `dropped` (caption
+    dropout, for classifier-free guidance) made unconditional. EMA weights are kept."""
+    noise_scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                    num_train_timesteps=1000)
+    models = [unet, *text_encoders]
+    parameters = [p for model in models for p in model.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=config.unet_learning_rate, weight_decay=1e-2)
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps))
+    averages = [EMAModel(model.parameters(), decay=config.ema_decay) for model in models]
+    for model in models:
+        model.train()
     progress_bar = tqdm(range(config.unet_steps), desc="text encoder + unet", disable=not progress)
     for step in progress_bar:
         batch = torch.randint(len(latents), (config.unet_batch_size,))
-        batch_tokens = tokens[batch].clone()
-        batch_tokens[torch.rand(len(batch)) < config.caption_dropout] = empty  # for classifier-free guidance
+        states, added = encode(batch, torch.rand(len(batch)) < config.caption_dropout)
         noise = torch.randn_like(latents[batch])
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(batch),))
         noisy = noise_scheduler.add_noise(latents[batch], noise, timesteps)
-        prediction = unet(noisy, timesteps, text_encoder(batch_tokens)[0]).sample
+        prediction = unet(noisy, timesteps, states, added_cond_kwargs=added).sample
         loss = F.mse_loss(prediction, noise)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         warmup.step()
-        ema_unet.step(unet.parameters())
-        ema_text.step(text_encoder.parameters())
+        for average, model in zip(averages, models):
+            average.step(model.parameters())
         if step % 50 == 0:
             progress_bar.set_postfix(loss=f"{loss.item():.4f}")
-    ema_unet.copy_to(unet.parameters())
-    ema_text.copy_to(text_encoder.parameters())
-    unet.eval()
-    text_encoder.eval()
+    for average, model in zip(averages, models):
+        average.copy_to(model.parameters())
+        model.eval()
 
 
 def train_image_tower(text_encoder, tokenizer, config, progress=True) -> tuple[CLIPModel, CLIPImageProcessor, dict]:
@@ -269,7 +288,8 @@ def train(output: str, config: ShapesTrainingConfig = ShapesTrainingConfig(), pr
     seconds["vae"] = round(time.perf_counter() - start, 1)
 
     start = time.perf_counter()
-    train_denoiser(unet, text_encoder, tokenizer, latents, [s.caption for s in samples], config, progress)
+    train_denoiser(unet, [text_encoder], sd_text_conditioning(text_encoder, tokenizer, [s.caption for s in samples]),
+                   latents, config, progress)
     seconds["text_encoder_unet"] = round(time.perf_counter() - start, 1)
 
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
@@ -331,13 +351,89 @@ def derive(base: str, output: str, config: ShapesTrainingConfig, progress: bool 
     judge = load_judge(os.path.join(os.path.dirname(__file__), "assets", "shapes-judge.safetensors"))
     before = {"prompt_fidelity": prompt_fidelity(pipeline, judge, protocol), "shape_cover": shape_cover(pipeline, protocol)}
     start = time.perf_counter()
-    train_denoiser(pipeline.unet, pipeline.text_encoder, pipeline.tokenizer, latents, [s.caption for s in samples],
-                   config, progress)
+    encode = sd_text_conditioning(pipeline.text_encoder, pipeline.tokenizer, [s.caption for s in samples])
+    train_denoiser(pipeline.unet, [pipeline.text_encoder], encode, latents, config, progress)
     seconds = round(time.perf_counter() - start, 1)
     after = {"prompt_fidelity": prompt_fidelity(pipeline, judge, protocol), "shape_cover": shape_cover(pipeline, protocol)}
     save_model(pipeline, os.path.join(output, "shapes-sd-derived"), config.write_profile)
     report = {"base": base, "config": asdict(config), "seconds": seconds, "base_model": before, "derivative": after}
     with open(os.path.join(output, "derivative.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    return report
+
+
+def build_xl_models(tokenizer):
+    """SDXL's architecture in small for the shapes world: two text encoders of different widths (the
+    second with a projection: the pooled embedding), and a UNet that cross-attends to both side by
+    side and reads the pooled embedding and the 6 size ids as added conditions."""
+    def text_config(width: int) -> CLIPTextConfig:
+        return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
+                              num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=MODEL_MAX_LENGTH,
+                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id, projection_dim=width)
+
+    text_encoder, text_encoder_2 = CLIPTextModel(text_config(64)), CLIPTextModelWithProjection(text_config(32))
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(32, 64), norm_num_groups=8, cross_attention_dim=64 + 32,
+                                attention_head_dim=8, use_linear_projection=True, addition_embed_type="text_time",
+                                addition_time_embed_dim=8, projection_class_embeddings_input_dim=32 + 6 * 8,
+                                down_block_types=("CrossAttnDownBlock2D",) * 2, up_block_types=("CrossAttnUpBlock2D",) * 2)
+    return text_encoder, text_encoder_2, unet
+
+
+def xl_text_conditioning(text_encoder, text_encoder_2, tokenizer, captions, size: int):
+    """SDXL's conditioning for train_denoiser, as StableDiffusionXLPipeline.encode_prompt builds it:
+    both encoders' penultimate states side by side, the second's pooled projection and the size ids;
+    a dropped caption is all zeros (the pipeline's force_zeros_for_empty_prompt)."""
+    tokens = tokenizer(captions, padding="max_length", max_length=MODEL_MAX_LENGTH, truncation=True,
+                       return_tensors="pt").input_ids
+    time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32)
+
+    def encode(batch, dropped):
+        first = text_encoder(tokens[batch], output_hidden_states=True)
+        second = text_encoder_2(tokens[batch], output_hidden_states=True)
+        kept = (~dropped).float()
+        states = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], -1) * kept[:, None, None]
+        return states, {"text_embeds": second.text_embeds * kept[:, None], "time_ids": time_ids.expand(len(batch), -1)}
+    return encode
+
+
+def train_xl(base: str, output: str, config: ShapesTrainingConfig, progress: bool = True) -> dict:
+    """The shapes world's SDXL-architecture model: the VAE and tokenizer of the SD model at `base`
+    (frozen: the same latent space, so the same judge reads both), two new text encoders and an SDXL
+    UNet trained jointly as train() trains the SD model. Writes OUTPUT/shapes-sdxl and
+    OUTPUT/shapes-sdxl-training.json (its prompt fidelity)."""
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTokenizer
+
+    from .judge import load_judge
+    from .metrics import Protocol, prompt_fidelity
+
+    torch.manual_seed(config.seed)
+    vae = AutoencoderKL.from_pretrained(os.path.join(base, "vae"))
+    tokenizer = CLIPTokenizer.from_pretrained(os.path.join(base, "tokenizer"))
+    text_encoder, text_encoder_2, unet = build_xl_models(tokenizer)
+    samples = config.world_samples(config.num_images, seed=config.seed + 1)
+    latents = encode_latents(vae, to_tensor([s.image for s in samples])) * vae.config.scaling_factor
+    size = unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1)
+    start = time.perf_counter()
+    encode = xl_text_conditioning(text_encoder, text_encoder_2, tokenizer, [s.caption for s in samples], size)
+    train_denoiser(unet, [text_encoder, text_encoder_2], encode, latents, config, progress)
+    seconds = round(time.perf_counter() - start, 1)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    pipeline = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                         tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
+                                         force_zeros_for_empty_prompt=True, add_watermarker=False)
+    judge = load_judge(os.path.join(os.path.dirname(__file__), "assets", "shapes-judge.safetensors"))
+    fidelity = prompt_fidelity(pipeline, judge, Protocol(images_per_prompt=config.fidelity_images_per_prompt))
+    save_model(pipeline, os.path.join(output, "shapes-sdxl"), config.write_profile)
+    report = {"base": base, "config": asdict(config), "seconds": {"text_encoders_unet": seconds},
+              "prompt_fidelity": fidelity,
+              "parameters": {name: sum(p.numel() for p in model.parameters()) for name, model in
+                             (("unet", unet), ("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2))},
+              "torch_threads": torch.get_num_threads()}
+    with open(os.path.join(output, "shapes-sdxl-training.json"), "w") as f:
         json.dump(report, f, indent=1)
     return report
 
@@ -350,6 +446,8 @@ def main(argv=None):
                                                                         "existing OUTPUT/shapes-sd")
     parser.add_argument("--derive-from", metavar="FOLDER", help="fine-tune this trained model instead (see the "
                                                                "module's docstring)")
+    parser.add_argument("--sdxl-from", metavar="FOLDER", help="train the SDXL-architecture model on this SD "
+                                                             "model's VAE and tokenizer instead (see the docstring)")
     for name, value in asdict(ShapesTrainingConfig()).items():
         if isinstance(value, bool):
             parser.add_argument("--" + name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=value)
@@ -357,7 +455,12 @@ def main(argv=None):
             parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
     args = vars(parser.parse_args(argv))
     output, tower_only, derive_from = args.pop("output"), args.pop("image_tower_only"), args.pop("derive_from")
+    sdxl_from = args.pop("sdxl_from")
     os.makedirs(output, exist_ok=True)
+    if sdxl_from:
+        report = train_xl(sdxl_from, output, ShapesTrainingConfig(**args))
+        print(json.dumps({k: report[k] for k in ("seconds", "prompt_fidelity")}, indent=1))
+        return
     if derive_from:
         report = derive(derive_from, output, ShapesTrainingConfig(**args))
         print(json.dumps({k: report[k] for k in ("seconds", "base_model", "derivative")}, indent=1))

@@ -25,6 +25,7 @@ from .erasure.registry import register as register_method  # noqa: E402
 _ASSETS = os.path.join(find_spec("sd_erasure.evaluation").submodule_search_locations[0], "assets")
 BUNDLED_MODELS["shapes"] = os.path.join(_ASSETS, "shapes-sd")
 BUNDLED_MODELS["shapes-clip"] = os.path.join(_ASSETS, "shapes-clip")  # its CLIP model (SLUG's image tower)
+BUNDLED_MODELS["shapes-xl"] = os.path.join(_ASSETS, "shapes-sdxl")  # the same world on SDXL's architecture
 
 __all__ = ["EraseConfig", "TrainingConfig", "EraseError", "EraseResult", "erase", "erase_pipeline", "get_method",
            "methods", "register_method", "__version__"]
