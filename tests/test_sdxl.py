@@ -3,7 +3,8 @@ embeddings and size ids as added conditions): the conditioning every method pass
 pipeline itself builds, each method that supports SDXL writes a stock StableDiffusionXLPipeline in
 which only its component changed (the second text encoder never does), the others are refused in
 one line before the model loads, the LoRA export loads with the SDXL pipeline's `load_lora_weights`,
-resume reproduces the weights, and the model card names the SDXL pipeline."""
+resume reproduces the weights, and the model card names the SDXL pipeline. On the bundled
+SDXL-architecture shapes model, UCE erases circle for the judge."""
 
 import json
 
@@ -108,3 +109,18 @@ def test_sdxl_card_names_the_sdxl_pipeline_and_the_attack_refuses_it(sdxl_uce, t
     assert "stable-diffusion-xl" in card.data.tags and "`StableDiffusionXLPipeline`" in card.text
     assert main(["attack", "--suite", "nudity", "--model", str(out), "--output", str(tmp_path / "attack")]) == 2
     assert "SDXL" in capsys.readouterr().err and not (tmp_path / "attack").exists()
+
+
+def test_uce_erases_circle_from_the_bundled_sdxl_shapes_model_and_keeps_the_rest(tmp_path):
+    """The shapes world on SDXL's architecture (`--model shapes-xl`): the judge no longer sees circles."""
+    from sd_erasure.evaluation.metrics import Protocol
+    from sd_erasure.evaluation.suite import evaluate_shapes
+
+    out = tmp_path / "uce"
+    assert erase_cli("--model", "shapes-xl", "--concept", "circle", "--output", out, "--method", "uce") == 0
+    assert json.loads((out / "erasure.json").read_text())["self_check"]["erased"]
+    metrics = evaluate_shapes(str(out), "circle", str(tmp_path / "report"), base="shapes-xl",
+                              protocol=Protocol(images_per_prompt=2), show_progress=False)
+    base, erased = metrics["base"], metrics["erased"]
+    assert erased["UA"] >= base["UA"] + 0.9 and erased["IRA"] >= base["IRA"] - 0.05, metrics
+    assert erased["CRA"] >= base["CRA"] - 0.05, metrics
