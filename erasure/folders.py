@@ -34,8 +34,7 @@ class BaseModel:
     @cached_property
     def family(self) -> str:
         """`sdxl` for a StableDiffusionXLPipeline folder, else `sd` (1.x and 2.x share one pipeline class)."""
-        with open(os.path.join(self.path, "model_index.json")) as f:
-            return pipeline_family(json.load(f).get("_class_name"))
+        return pipeline_family(pipeline_class(self.path))
 
     @cached_property
     def profile(self) -> ModelProfile | None:
@@ -99,6 +98,15 @@ def check_sd_folder(base: BaseModel, allow_pickle: bool = False) -> None:
                 f"{base.name} has only pickled weights in {component}/ ({pickled[0]}), which can run code when loaded: "
                 "convert it to safetensors, or pass --allow-pickle if you trust its source"
             )
+
+
+def pipeline_class(folder: str) -> str | None:
+    """The pipeline class a folder's model_index.json names (None where it has none: an adapter-only output)."""
+    index = os.path.join(folder, "model_index.json")
+    if not os.path.isfile(index):
+        return None
+    with open(index) as f:
+        return json.load(f).get("_class_name")
 
 
 def pipeline_family(class_name) -> str:
@@ -178,10 +186,8 @@ def model_family(model: str) -> str | None:
     """`sd` or `sdxl` for a pipeline folder, a bundled model's name or an erase output (an adapter:
     its base's family); None where it cannot be told without downloading (a Hub id)."""
     folder = BUNDLED_MODELS.get(model, model) if not os.path.exists(model) else model
-    index = os.path.join(folder, "model_index.json")
-    if os.path.isfile(index):
-        with open(index) as f:
-            return pipeline_family(json.load(f).get("_class_name"))
+    if os.path.isfile(os.path.join(folder, "model_index.json")):
+        return pipeline_family(pipeline_class(folder))
     record = os.path.join(folder, "erasure.json")
     if os.path.isfile(record):
         with open(record) as f:

@@ -15,7 +15,7 @@ from ..hub_cards import MODEL_CARD_TEMPLATE
 from .. import __version__
 from .config import concept_list
 from .errors import EraseError
-from .folders import is_adapter_only
+from .folders import is_adapter_only, pipeline_class
 from .profile import ModelProfile
 from .registry import methods
 
@@ -69,15 +69,6 @@ def read_erase_output(folder: str) -> dict:
 
 
 STOCK_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
-
-
-def pipeline_class(folder: str) -> str | None:
-    """The pipeline class an output folder's model_index.json names (None for an adapter-only folder)."""
-    index_file = os.path.join(folder, "model_index.json")
-    if not os.path.isfile(index_file):
-        return None
-    with open(index_file) as f:
-        return json.load(f).get("_class_name")
 
 
 def base_model_license(record: dict) -> str | None:
@@ -144,7 +135,7 @@ def build_model_card(folder: str, repo_id: str, license: str | None = None, metr
                         for key, _, long in METRIC_ROWS]
     concepts = concept_list(record["concept"])
     stock_class = pipeline_class(folder)
-    xl = stock_class == "StableDiffusionXLPipeline" or record.get("base_model", {}).get("family") == "sdxl"
+    xl = record["base_model"].get("family") == "sdxl"
     card_data = ModelCardData(
         license=license, library_name="diffusers", pipeline_tag="text-to-image",
         base_model=base_id if _is_hub_id(base_id) else None,  # the Hub rejects a local path here
