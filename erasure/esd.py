@@ -21,7 +21,8 @@ rewrite does); its trajectories do not change during training, so `num_images` o
 sampled once, cached, and every step draws a point from them: a step then costs one forward
 and backward pass instead of up to 50 sampling steps; `num_images` 64 in batches of 8 is this
 project's choice there (the paper has no such pool). The config imports no torch; the training
-code imports it where the work starts.
+code imports it where the work starts. SPM (erasure/spm.py) trains by the same objective
+(`train_negative_guidance`), adding its latent anchoring.
 """
 
 from dataclasses import dataclass, replace
@@ -72,27 +73,19 @@ def trained_parameters(unet, train_method: str) -> list[str]:
 
 
 @dataclass
-class EsdConfig(TrajectoryConfig):
-    """ESD's settings; each field's help says where its default comes from."""
+class NegativeGuidanceConfig(TrajectoryConfig):
+    """Fields of the methods trained by ESD's objective (ESD; SPM adds its latent anchoring)."""
 
     ERASED_FIELDS: ClassVar[tuple[str, ...]] = ("forget_prompts",)  # several concepts: one sampled per step
 
-    steps: int = option(1000, help="optimizer steps", group="training")
     batch_size: int = option(1, help="samples per step and device", group="training")
     forget_prompts: list[str] = option(
         default_factory=list, group=DATA, flag="--forget-prompt", metavar="TEXT",
         help="prompt of the concept c (repeatable); default: the model profile's, else the concept itself")
-    erase_from: str | None = option(None, group="ESD", metavar="TEXT", help="erase the concept as an attribute of "
-                                    "this prompt (e.g. --concept red --erase-from 'a car')")
-    negative_guidance: float | None = option(None, official=1.0, group="ESD",
+    negative_guidance: float | None = option(None, official=1.0, group="negative guidance",
                                              help="eta, how far the concept is pushed away")
-    train_method: Literal["u", "u-current", "x", "x-strict", "all"] | None = option(
-        None, official="u", group="ESD",
-        help="ESD-u: all but cross-attention, time embedding and output layers, norms included (paper code; nudity, "
-             "objects); u-current: the same as the authors' current diffusers code has it (Linear/Conv2d layers only, "
-             "time embedding and conv_out included); x: cross-attention (styles, people); x-strict: attn2 to_k/to_v; all")
     sample_from: Literal["current", "base"] | None = option(
-        None, official="current", group="ESD",
+        None, official="current", group="negative guidance",
         help="model whose DDIM trajectories give the training latents: current (paper code: resampled each step) "
              "or base (frozen model, sampled once and cached: much faster)")
     num_images: int | None = option(None, official=64, group=DATA,
@@ -100,9 +93,6 @@ class EsdConfig(TrajectoryConfig):
 
     def check(self) -> None:
         super().check()
-        if self.erase_from is not None and not self.erase_from.strip():
-            raise EraseError("`erase_from` is empty: name what should stay (e.g. 'a car' when erasing 'red'), "
-                             "or leave it out")
         if not all(p.strip() for p in self.forget_prompts):
             raise EraseError("`forget_prompts` has an empty prompt: give the prompt text, or leave it out for the "
                              "concept itself")
@@ -111,16 +101,53 @@ class EsdConfig(TrajectoryConfig):
     def concept_defaults(self) -> dict:
         return {"forget_prompts": [self.concept.strip()]}
 
-    def narrower(self):
-        return replace(self, train_method="x") if self.train_method in ("u", "u-current", "all") else None
+    def neutral_prompt(self, k: int) -> str:
+        """The prompt forget prompt k is pushed away from (ESD: the empty prompt)."""
+        return ""
 
     def check_with_pipeline(self, pipeline) -> None:
         from .diffusion import check_prompt_lengths
 
-        check_prompt_lengths(pipeline.tokenizer, self.forget_prompts + [self.erase_from or ""], "ESD prompt")
+        check_prompt_lengths(pipeline.tokenizer, self.forget_prompts + [getattr(self, "erase_from", None) or ""],
+                             f"{self.method} prompt")
+
+
+@dataclass
+class EsdConfig(NegativeGuidanceConfig):
+    """ESD's settings; each field's help says where its default comes from."""
+
+    steps: int = option(1000, help="optimizer steps", group="training")
+    erase_from: str | None = option(None, group="negative guidance", metavar="TEXT",
+                                    help="erase the concept as an attribute of this prompt (e.g. --concept red "
+                                         "--erase-from 'a car')")
+    train_method: Literal["u", "u-current", "x", "x-strict", "all"] | None = option(
+        None, official="u", group="negative guidance",
+        help="ESD-u: all but cross-attention, time embedding and output layers, norms included (paper code; nudity, "
+             "objects); u-current: the same as the authors' current diffusers code has it (Linear/Conv2d layers only, "
+             "time embedding and conv_out included); x: cross-attention (styles, people); x-strict: attn2 to_k/to_v; all")
+
+    def check(self) -> None:
+        super().check()
+        if self.erase_from is not None and not self.erase_from.strip():
+            raise EraseError("`erase_from` is empty: name what should stay (e.g. 'a car' when erasing 'red'), "
+                             "or leave it out")
+
+    def narrower(self):
+        return replace(self, train_method="x") if self.train_method in ("u", "u-current", "all") else None
 
 
 def erase_pipeline(pipeline, config: EsdConfig, session) -> tuple[dict, dict]:
+    trainable = trained_parameters(pipeline.unet, config.train_method)
+    return train_negative_guidance(pipeline, config, session, trainable, {"train_method": config.train_method},
+                                   f"ESD-{config.train_method}: {TRAIN_METHODS[config.train_method]}")
+
+
+def train_negative_guidance(pipeline, config: NegativeGuidanceConfig, session, trainable: list[str], scope: dict,
+                            scope_text: str, regularizer=None) -> tuple[dict, dict]:
+    """Train the UNet weights `trainable` (or a LoRA on their layers) by ESD's objective; `scope` and
+    `scope_text` say in erasure.json which they are. `regularizer(model, frozen, z, t, concept, keys)`,
+    given the step's latents, timesteps, concept embeddings and one (draw, row) key per sample,
+    returns a term added to the loss and its logs (SPM's latent anchoring)."""
     import torch
     from diffusers import DDIMScheduler
 
@@ -137,8 +164,10 @@ def erase_pipeline(pipeline, config: EsdConfig, session) -> tuple[dict, dict]:
     latent_shape = (unet.config.in_channels, resolution // pipeline.vae_scale_factor, resolution // pipeline.vae_scale_factor)
     scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
     scheduler.set_timesteps(config.synthesis_steps, device=device)
-    source = config.erase_from  # with --erase-from, latents and the trained prediction are of Y
-    embeddings = encode_prompts(pipeline, config.forget_prompts + [source or "", ""], device)
+    source = getattr(config, "erase_from", None)  # with --erase-from (ESD), latents and the trained prediction are of Y
+    # the prompt each concept prompt is pushed away from: ESD's empty prompt, or SPM's neutral prompts
+    neutral = {p: config.neutral_prompt(k) for k, p in enumerate(config.forget_prompts)}
+    embeddings = encode_prompts(pipeline, config.forget_prompts + [source or "", ""] + list(neutral.values()), device)
     pool_source = [source] if source else config.forget_prompts
     with timer.phase("data"):
         pool, pool_prompts = (base_trajectories(pipeline, pool_source, config.num_images, seed=config.seed,
@@ -151,7 +180,6 @@ def erase_pipeline(pipeline, config: EsdConfig, session) -> tuple[dict, dict]:
     pipeline.text_encoder.to("cpu")  # frozen and no longer needed: keep accelerator memory for training
     pipeline.vae.to("cpu")
 
-    trainable = trained_parameters(unet, config.train_method)
     trained = TrainedWeights(pipeline, "unet", trainable, config, config.gradient_checkpointing, frozen_base=True)
     # torch's fused kernel: fewer launches (reference H100 SD-1.5 step: fused 0.134 s vs foreach 0.154 s)
     optimizer = torch.optim.Adam(trained.parameters, lr=config.learning_rate,
@@ -187,23 +215,27 @@ def erase_pipeline(pipeline, config: EsdConfig, session) -> tuple[dict, dict]:
         t = torch.stack([p[1] for p in points]).to(device)
         concept = stack_embeddings(embeddings, [p[2] for p in points])
         trained_prompt = stack_embeddings(embeddings, [p[3] for p in points])
-        empty = embeddings[""].expand_as(concept)
-        conditions = [empty, concept] + ([trained_prompt] if source else [])  # Y's prediction only with --erase-from
+        neutral_prompt = stack_embeddings(embeddings, [neutral[p[2]] for p in points])
+        conditions = [neutral_prompt, concept] + ([trained_prompt] if source else [])  # Y's prediction only with --erase-from
         with accelerator.autocast():
             with torch.no_grad():
                 frozen_predictions = frozen(torch.cat([z] * len(conditions)), torch.cat([t] * len(conditions)),
                                             torch.cat(conditions)).float().chunk(len(conditions))
-                e_empty, e_concept = frozen_predictions[:2]
+                e_neutral, e_concept = frozen_predictions[:2]
                 e_source = frozen_predictions[2] if source else e_concept
-                target = e_source - eta * (e_concept - e_empty)
+                target = e_source - eta * (e_concept - e_neutral)
             prediction = model(z, t, trained_prompt).sample
         loss = per_sample_mse(prediction, target).mean()
-        return loss, {"loss": loss.item()}
+        if regularizer is None:
+            return loss, {"loss": loss.item()}
+        with accelerator.autocast():
+            extra, extra_logs = regularizer(model, frozen, z, t, concept, [(draw, j) for j in rows])
+        return loss + extra, {"loss": (loss + extra).item(), "erase_loss": loss.item(), **extra_logs}
 
     with timer.phase("training"):
         logs, resumed_from = fit(
             accelerator, model, optimizer, compute_loss, config, checkpoint_dir=session.work_dir,
-            step_callback=session.step_callback, show_progress=session.show_progress, description="ESD")
+            step_callback=session.step_callback, show_progress=session.show_progress, description=config.method.upper())
     trained.finish()
     pipeline.to(device)
     share = trained.scope_share
@@ -214,10 +246,9 @@ def erase_pipeline(pipeline, config: EsdConfig, session) -> tuple[dict, dict]:
         "steps": config.steps,
         "resumed_from_step": resumed_from,
         "final_losses": logs,
-        "trained_parameters": {"train_method": config.train_method, "tensors": len(trainable), "share": share},
+        "trained_parameters": {**scope, "tensors": len(trainable), "share": share},
         "summary": [
-            ["trained parameters", f"ESD-{config.train_method}: {TRAIN_METHODS[config.train_method]}; "
-                                   f"{len(trainable)} tensors, {share:.1%} of the UNet weights"],
+            ["trained parameters", f"{scope_text}; {len(trainable)} tensors, {share:.1%} of the UNet weights"],
             ["objective", f"negative guidance η = {eta}" + (f", erasing it from '{source}'" if source else "")
                           + f"; latents from partial DDIM trajectories ({config.synthesis_steps} steps, guidance "
                           f"{config.synthesis_guidance_scale}): {sampling}"],

@@ -4,7 +4,7 @@ Adding a method means adding its file beside salun.py (its config dataclass, its
 `erase_pipeline`, a docstring saying where every default comes from) and one line here.
 """
 
-from . import advunlearn, concept_ablation, erasediff, esd, forget_me_not, salun, scissorhands, seot, slug, uce
+from . import advunlearn, concept_ablation, erasediff, esd, forget_me_not, salun, scissorhands, seot, slug, spm, uce
 from .registry import register
 from .salun_soft import SalUnSoftConfig
 
@@ -32,3 +32,5 @@ register("erasediff", erasediff.EraseDiffConfig, "sd_erasure.erasure.erasediff:e
          title="EraseDiff (retain loss with the forget objective as a constraint)", citation=erasediff.CITATION)
 register("seot", seot.SeotConfig, "sd_erasure.erasure.seot:erase_pipeline",
          title="SEOT (suppression of the concept's text embeddings at inference)", citation=seot.CITATION)
+register("spm", spm.SpmConfig, "sd_erasure.erasure.spm:erase_pipeline",
+         title="SPM (a one-dimensional adapter per concept, with latent anchoring)", citation=spm.CITATION)

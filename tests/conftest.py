@@ -62,6 +62,7 @@ SMOKE_RUNS = {
     "erasediff": (SMOKE_TRAINING, "unet"), "advunlearn": (SMOKE_TRAINING, "text_encoder"), "uce": (SMOKE_CHECK, "unet"),
     "slug": (["--num-images", "8", "--synthesis-steps", "2", "--clip-model", "{clip}", *SMOKE_CHECK], "text_encoder"),
     "seot": (SMOKE_CHECK, None),
+    "spm": ([*SMOKE_TRAINING, "--sample-from", "base", "--output-format", "both"], "unet"),
 }
 
 

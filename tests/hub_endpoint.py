@@ -16,7 +16,7 @@ class HubEndpoint:
     def __init__(self, received_dir: str, failing_commits: int = 0):
         self.received_dir = received_dir
         self.requests: list[dict] = []  # method, path, headers, body of every request
-        self.failing_commits = failing_commits  # answer the first N commits with HTTP 500
+        self.failing_commits = failing_commits  # answer the first N commits with HTTP 503
         self.commits: list[str] = []
         endpoint = self
 
@@ -74,7 +74,8 @@ class HubEndpoint:
                 if "/commit/" in self.path:
                     if endpoint.failing_commits > 0:
                         endpoint.failing_commits -= 1
-                        return self._reply(500, {"error": "simulated outage"})
+                        # an outage the client retries at once (Retry-After 0), not after its 1-8 s backoff
+                        return self._reply(503, {"error": "simulated outage"}, {"Retry-After": "0"})
                     for line in body.decode().splitlines():
                         item = json.loads(line)
                         if item["key"] == "file":

@@ -148,6 +148,9 @@ def test_salun_soft_moves_weights_in_proportion_to_their_saliency(tiny_sd, tmp_p
     (["--method", "uce", "--erase-concept", "a cat", "--erase-concept", "a cow", "--guide-concept", "a", "--guide-concept", "b",
       "--guide-concept", "c"], "--guide-concept has 3 entries for 2 --erase-concept"),
     (["--method", "esd", "--forget-prompt", "cat " * 80], "the text encoder reads 77: shorten it"),
+    (["--method", "spm", "--anchor-strength", "-1"], "--anchor-strength must be 0 or more"),
+    (["--method", "spm", "--adapter", "full"], "--adapter 'full' is not one of lora"),
+    (["--method", "spm", "--misaligned-prompt", "dog " * 80], "the text encoder reads 77: shorten it"),
 ])
 def test_bad_method_options_get_one_line_and_no_output(tiny_sd, tmp_path, capsys, args, message):
     out = tmp_path / "out"
@@ -165,7 +168,7 @@ def test_each_method_erases_circle_on_the_shapes_world(tmp_path, method, ua_gain
     from sd_erasure.evaluation.metrics import Protocol
     from sd_erasure.evaluation.suite import evaluate_shapes
 
-    shorter = {"uce": [], "esd": [], "ca": ["--num-images", "128"], "salun-soft": ["--num-images", "128"],
+    shorter = {"uce": [], "esd": ["--steps", "400", "--learning-rate", "2.5e-4"], "ca": ["--num-images", "128"], "salun-soft": ["--num-images", "128"],
                "scissorhands": ["--num-images", "128"], "erasediff": ["--num-images", "128"]}[method]
     out = tmp_path / method
     code = erase_cli("--model", "shapes", "--concept", "circle", "--output", out, "--method", method, *shorter)
