@@ -22,6 +22,8 @@ from tqdm.auto import tqdm
 
 from ..erasure.config import concept_list
 from ..erasure.diffusion import seeded_generator
+from ..erasure.model_io import weights_fingerprint
+from ..pipelines.pipeline_seot import suppression_of
 
 from .judge import JudgeFeatures
 from .shapes import Prompt, canonical_style, concept_kind, prompts
@@ -57,6 +59,23 @@ def generate(pipeline, prompt_list: list[Prompt], protocol: Protocol, batch_size
     finally:
         pipeline.scheduler = original
     return torch.cat(images).float().clamp(0, 1)
+
+
+# The base model's images by (weights, pipeline class and suppression, protocol, prompts): evaluating
+# several erasures of one base in a process (compare_methods, the concept matrix, tests) makes them once.
+_BASE_IMAGES: dict = {}
+_BASE_IMAGES_KEPT = 8
+
+
+def base_images(pipeline, prompt_list: list[Prompt], protocol: Protocol, show_progress: bool = True) -> torch.Tensor:
+    """`generate`'s images of the base model, made once per process for the same weights and protocol."""
+    key = (weights_fingerprint(pipeline), type(pipeline).__name__, repr(suppression_of(pipeline)),
+           repr(asdict(protocol)), tuple(p.text for p in prompt_list))
+    if key not in _BASE_IMAGES:
+        if len(_BASE_IMAGES) >= _BASE_IMAGES_KEPT:
+            _BASE_IMAGES.pop(next(iter(_BASE_IMAGES)))
+        _BASE_IMAGES[key] = generate(pipeline, prompt_list, protocol, show_progress=show_progress)
+    return _BASE_IMAGES[key].clone()  # callers may change theirs
 
 
 def prompt_fidelity(pipeline, judge, protocol: Protocol = Protocol(), show_progress: bool = False) -> dict:
@@ -125,7 +144,8 @@ def evaluate_erasure(base_pipeline, erased_pipeline, judge, concept: str | list[
     prompt_list = sorted(prompts(protocol.template_ids), key=lambda p: _named(p, concepts) is None)
     images, results = {}, {}
     for name, pipeline in (("base", base_pipeline), ("erased", erased_pipeline)):
-        images[name] = generate(pipeline, prompt_list, protocol, show_progress=show_progress)
+        images[name] = (base_images if name == "base" else generate)(pipeline, prompt_list, protocol,
+                                                                       show_progress=show_progress)
         objects, styles = judge.classify(images[name])
         results[name] = score(prompt_list, protocol.images_per_prompt, objects, styles, concept)
     retain_rows = [i for i, p in enumerate(p for p in prompt_list for _ in range(protocol.images_per_prompt))
