@@ -3,8 +3,9 @@
     python -m benchmarks.compare_methods                      # all methods, both concepts (CPU: ~15 min)
     python -m benchmarks.compare_methods --methods uce --concepts circle --record
     python -m benchmarks.compare_methods --concepts circle --attack --record   # + UnlearnDiffAtk (CPU: ~1 h)
+    python -m benchmarks.compare_methods --model shapes-xl --record   # the SDXL-architecture model, its methods
 
-Each erase runs as `sd-erase erase --model shapes --method M --concept C` in its own process with
+Each erase runs as `sd-erase erase --model shapes --method M --concept C` (or `--model shapes-xl`) in its own process with
 an empty data cache (so its seconds include synthesis and its peak memory is its own), with the
 settings the shapes model recommends for the method. Each result is evaluated with the shapes
 protocol (UA, IRA, CRA, FID on the judge's features, base model alongside). With `--attack`, each
@@ -78,7 +79,7 @@ def attack_output(output: str, concept: str, work: str, name: str, calibrate: bo
 def table(rows: list[dict]) -> str:
     attacked = all("attack" in r for r in rows)
     extra = " pre-attack ASR ↓ | ASR ↓ | attacked concept rate ↓ | calibration ASR |" if attacked else ""
-    lines = ["| concept | method | UA ↑ | IRA ↑ | CRA ↑ | FID ↓ | seconds | peak RSS GiB | weights changed | bytes changed |"
+    lines = ["| concept | method | UA ↑ | IRA ↑ | CRA ↑ | FID ↓ | seconds | peak RSS GiB | weights changed | bytes stored |"
              + extra, "|---|---|---|---|---|---|---|---|---|---|" + "---|" * (4 if attacked else 0)]
     for base in {r["concept"]: r for r in rows}.values():
         lines.append(f"| {base['concept']} | (base model) | {base['base']['UA']:.3f} | {base['base']['IRA']:.3f} | "
@@ -87,7 +88,7 @@ def table(rows: list[dict]) -> str:
         e = r["erased"]
         line = (f"| {r['concept']} | {r['method']} | {e['UA']:.3f} | {e['IRA']:.3f} | {e['CRA']:.3f} | "
                 f"{e['FID']:.1f} | {r['erase_seconds']:.0f} | {r['peak_memory_gib']:.2f} | "
-                f"{r['changed_share']:.2%} | {r['bytes_changed']:,} |")
+                f"{r['changed_share']:.2%} | {r['storage_bytes']:,}{' (adapter)' if r['storage'] == 'adapter' else ''} |")
         if attacked:
             a = r["attack"]
             line += (f" {a['pre_attack_asr']:.2f} | {a['asr']:.2f} | {a['concept_rate_attacked']:.2f} | "
@@ -99,23 +100,32 @@ def table(rows: list[dict]) -> str:
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     registered = tuple(methods())
-    parser.add_argument("--methods", nargs="+", choices=registered, default=list(registered))
+    parser.add_argument("--methods", nargs="+", choices=registered,
+                        help="default: every registered method that can erase the model")
+    parser.add_argument("--model", choices=("shapes", "shapes-xl"), default="shapes", help="the bundled model erased")
     parser.add_argument("--concepts", nargs="+", default=list(CONCEPTS))
     parser.add_argument("--erase-args", default="", help="extra `sd-erase erase` flags for every run, e.g. '--steps 50'")
     parser.add_argument("--record", action="store_true", help=f"append the rows to {os.path.relpath(RESULTS)}")
     parser.add_argument("--attack", action="store_true", help="also attack every output (sd-erase attack's defaults)")
     args = parser.parse_args(argv)
+    able = [name for name, m in methods().items() if not (args.model == "shapes-xl" and m.config.NO_SDXL)]
+    if args.methods and set(args.methods) - set(able):
+        parser.error(f"{', '.join(sorted(set(args.methods) - set(able)))} cannot erase an SDXL model")
 
     rows = []
     with tempfile.TemporaryDirectory() as work:
         for concept in args.concepts:
             calibration = None
-            for method in args.methods:
-                record, wall, metrics = erase_and_evaluate(method, concept, work, args.erase_args.split())
+            for method in args.methods or able:
+                record, wall, metrics = erase_and_evaluate(method, concept, work, args.erase_args.split(),
+                                                           model=args.model)
                 changed = record["changed"]
+                changed_bytes = sum(c["bytes"] for c in changed.values())
+                # what a user keeps beyond the base model: the adapter where the output is one, else the changed tensors
+                adapter = record["hyperparameters"]["output_format"] == "lora"
                 row = {
                     "benchmark": "compare_methods", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "device": device_name(), "method": method, "concept": concept,
+                    "device": device_name(), "model": args.model, "method": method, "concept": concept,
                     "settings": record["hyperparameters"], "erase_args": args.erase_args,
                     "base": {k: metrics["base"][k] for k in ("UA", "IRA", "CRA")},
                     "erased": {k: metrics["erased"][k] for k in ("UA", "IRA", "CRA", "FID", "KID_mean")},
@@ -123,7 +133,8 @@ def main(argv=None) -> list[dict]:
                     "peak_memory_gib": round(max(record["peak_memory"]["bytes"].values()) / 2**30, 3),
                     "peak_memory_kind": record["peak_memory"]["kind"],
                     "changed_share": sum(c["entries"] for c in changed.values()) / sum(c["of"] for c in changed.values()),
-                    "bytes_changed": sum(c["bytes"] for c in changed.values()),
+                    "bytes_changed": changed_bytes, "storage": "adapter" if adapter else "changed tensors",
+                    "storage_bytes": record["lora"]["adapter_bytes"] if adapter else changed_bytes,
                     "protocol": metrics["protocol"], "versions": record["versions"],
                 }
                 if args.attack:

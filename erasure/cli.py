@@ -351,9 +351,12 @@ def cmd_profile(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    if args.images_per_prompt < 1:
+        raise EraseError(f"--images-per-prompt must be 1 or more, got {args.images_per_prompt}")
     from ..evaluation.suite import demo
 
-    demo(args.output, args.concept, overwrite=args.overwrite, method=args.method, model=args.model)
+    demo(args.output, args.concept, overwrite=args.overwrite, method=args.method, model=args.model,
+         images_per_prompt=args.images_per_prompt)
     return 0
 
 
@@ -508,6 +511,8 @@ def build_parser() -> Parser:
                              help="the bundled model: shapes (SD 1.x architecture, default) or shapes-xl (SDXL's)")
     demo_parser.add_argument("--method", default=DEFAULT_METHOD, choices=tuple(methods()),
                              help=f"erasure method (default: {DEFAULT_METHOD})")
+    demo_parser.add_argument("--images-per-prompt", type=int, default=8,
+                             help="images per prompt of the evaluation (default: 8; fewer: a faster, noisier table)")
     demo_parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     demo_parser.set_defaults(run=cmd_demo)
     return parser

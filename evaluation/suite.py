@@ -63,9 +63,9 @@ def format_table(metrics: dict) -> str:
 
 
 def demo(output_dir: str = "shapes-demo", concept: str = "circle", overwrite: bool = False, show_progress: bool = True,
-         method: str = DEFAULT_METHOD, model: str = "shapes") -> dict:
+         method: str = DEFAULT_METHOD, model: str = "shapes", images_per_prompt: int = Protocol.images_per_prompt) -> dict:
     """Erase `concept` from a bundled shapes model (`shapes`, `shapes-xl`) with `method`'s defaults, evaluate
-    before and after."""
+    before and after on `images_per_prompt` images per prompt."""
 
     output_dir = os.path.abspath(output_dir)
     if os.path.exists(output_dir) and not overwrite:
@@ -74,7 +74,8 @@ def demo(output_dir: str = "shapes-demo", concept: str = "circle", overwrite: bo
     model_dir, report_dir = os.path.join(output_dir, f"shapes-erased-{concept}"), os.path.join(output_dir, "report")
     result = erase(get_method(method).config(model=model, concept=concept, output_dir=model_dir, overwrite=overwrite),
                    show_progress=show_progress)
-    metrics = evaluate_shapes(model_dir, concept, report_dir, base=model, overwrite=overwrite, show_progress=show_progress)
+    metrics = evaluate_shapes(model_dir, concept, report_dir, base=model, overwrite=overwrite, show_progress=show_progress,
+                              protocol=Protocol(images_per_prompt=images_per_prompt))
     seconds = time.perf_counter() - start
     print(f"\nErased '{concept}' from the bundled {model} model with {method} in {seconds:.0f} s.\n")
     print(format_table(metrics))

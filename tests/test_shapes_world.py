@@ -118,7 +118,7 @@ def test_an_erase_that_changes_nothing_says_not_erased_and_exits_3(tmp_path, cap
     out = tmp_path / "dry-run"
     capsys.readouterr()
     code = erase_cli("--model", "shapes", "--concept", "circle", "--output", out, "--num-images", "64",
-                     "--learning-rate", "0")
+                     "--learning-rate", "0", "--steps", "10")
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert code == EXIT_NOT_ERASED == 3 and last.startswith("NOT erased: concept margin") and "--learning-rate" in last
     check = json.loads((out / "erasure.json").read_text())["self_check"]  # the output is still written
@@ -148,7 +148,7 @@ def test_demo_prints_the_table_and_the_self_checks_line(tmp_path, capsys):
     """The README's first command, with the fastest method (the default's numbers are in the README)."""
     from sd_erasure.evaluation.suite import demo
 
-    metrics = demo(str(tmp_path / "demo"), "circle", show_progress=False, method="uce")
+    metrics = demo(str(tmp_path / "demo"), "circle", show_progress=False, method="uce", images_per_prompt=2)
     printed = capsys.readouterr().out
     assert "with uce in" in printed and "UA 'circle'" in printed
     assert "self-check (no judge): erased:" in printed, printed
