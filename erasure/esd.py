@@ -242,7 +242,8 @@ def train_negative_guidance(pipeline, config: NegativeGuidanceConfig, session, t
     sampling = (f"{config.num_images} trajectories of the frozen base model, sampled once" if pool is not None
                 else "trajectories of the model being trained, sampled every step")
     record = {
-        "prompts": {"forget": config.forget_prompts, **({"erase_from": [source]} if source else {})},
+        "prompts": {"forget": config.forget_prompts, **({"erase_from": [source]} if source else {}),
+                    **({"misaligned": list(neutral.values())} if any(neutral.values()) else {})},
         "steps": config.steps,
         "resumed_from_step": resumed_from,
         "final_losses": logs,
@@ -250,6 +251,7 @@ def train_negative_guidance(pipeline, config: NegativeGuidanceConfig, session, t
         "summary": [
             ["trained parameters", f"{scope_text}; {len(trainable)} tensors, {share:.1%} of the UNet weights"],
             ["objective", f"negative guidance η = {eta}" + (f", erasing it from '{source}'" if source else "")
+                          + (", away from each forget prompt's neutral prompt" if any(neutral.values()) else "")
                           + f"; latents from partial DDIM trajectories ({config.synthesis_steps} steps, guidance "
                           f"{config.synthesis_guidance_scale}): {sampling}"],
             ["training", f"{config.steps} Adam steps, batch {config.batch_size}, learning rate {config.learning_rate}, "
