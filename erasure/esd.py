@@ -105,11 +105,16 @@ class NegativeGuidanceConfig(TrajectoryConfig):
         """The prompt forget prompt k is pushed away from (ESD: the empty prompt)."""
         return ""
 
+    @property
+    def source_prompt(self) -> str | None:
+        """The prompt the concept is erased from as an attribute (ESD's `erase_from`), or None."""
+        return None
+
     def check_with_pipeline(self, pipeline) -> None:
         from .diffusion import check_prompt_lengths
 
-        check_prompt_lengths(pipeline.tokenizer, self.forget_prompts + [getattr(self, "erase_from", None) or ""],
-                             f"{self.method} prompt")
+        check_prompt_lengths(pipeline.tokenizer, self.forget_prompts + [self.source_prompt or ""],
+                             f"{self.method.upper()} prompt")
 
 
 @dataclass
@@ -131,6 +136,10 @@ class EsdConfig(NegativeGuidanceConfig):
         if self.erase_from is not None and not self.erase_from.strip():
             raise EraseError("`erase_from` is empty: name what should stay (e.g. 'a car' when erasing 'red'), "
                              "or leave it out")
+
+    @property
+    def source_prompt(self) -> str | None:
+        return self.erase_from
 
     def narrower(self):
         return replace(self, train_method="x") if self.train_method in ("u", "u-current", "all") else None
@@ -164,7 +173,7 @@ def train_negative_guidance(pipeline, config: NegativeGuidanceConfig, session, t
     latent_shape = (unet.config.in_channels, resolution // pipeline.vae_scale_factor, resolution // pipeline.vae_scale_factor)
     scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
     scheduler.set_timesteps(config.synthesis_steps, device=device)
-    source = getattr(config, "erase_from", None)  # with --erase-from (ESD), latents and the trained prediction are of Y
+    source = config.source_prompt  # with ESD's --erase-from, latents and the trained prediction are of Y
     # the prompt each concept prompt is pushed away from: ESD's empty prompt, or SPM's neutral prompts
     neutral = {p: config.neutral_prompt(k) for k, p in enumerate(config.forget_prompts)}
     embeddings = encode_prompts(pipeline, config.forget_prompts + [source or "", ""] + list(neutral.values()), device)
@@ -216,7 +225,7 @@ def train_negative_guidance(pipeline, config: NegativeGuidanceConfig, session, t
         concept = stack_embeddings(embeddings, [p[2] for p in points])
         trained_prompt = stack_embeddings(embeddings, [p[3] for p in points])
         neutral_prompt = stack_embeddings(embeddings, [neutral[p[2]] for p in points])
-        conditions = [neutral_prompt, concept] + ([trained_prompt] if source else [])  # Y's prediction only with --erase-from
+        conditions = [neutral_prompt, concept] + ([trained_prompt] if source else [])  # Y's only with --erase-from
         with accelerator.autocast():
             with torch.no_grad():
                 frozen_predictions = frozen(torch.cat([z] * len(conditions)), torch.cat([t] * len(conditions)),

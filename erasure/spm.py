@@ -87,7 +87,7 @@ class SpmConfig(NegativeGuidanceConfig):
         from .diffusion import check_prompt_lengths
 
         super().check_with_pipeline(pipeline)
-        check_prompt_lengths(pipeline.tokenizer, self.misaligned_prompts, "spm prompt")
+        check_prompt_lengths(pipeline.tokenizer, self.misaligned_prompts, "SPM prompt")
 
 
 def membrane_weights(unet) -> list[str]:
