@@ -113,7 +113,8 @@ class NegativeGuidanceConfig(TrajectoryConfig):
     def check_with_pipeline(self, pipeline) -> None:
         from .diffusion import check_prompt_lengths
 
-        check_prompt_lengths(pipeline.tokenizer, self.forget_prompts + [self.source_prompt or ""],
+        neutral = [self.neutral_prompt(k) for k in range(len(self.forget_prompts))]
+        check_prompt_lengths(pipeline.tokenizer, self.forget_prompts + neutral + [self.source_prompt or ""],
                              f"{self.method.upper()} prompt")
 
 

@@ -186,8 +186,9 @@ def model_family(model: str) -> str | None:
     """`sd` or `sdxl` for a pipeline folder, a bundled model's name or an erase output (an adapter:
     its base's family); None where it cannot be told without downloading (a Hub id)."""
     folder = BUNDLED_MODELS.get(model, model) if not os.path.exists(model) else model
-    if os.path.isfile(os.path.join(folder, "model_index.json")):
-        return pipeline_family(pipeline_class(folder))
+    class_name = pipeline_class(folder)
+    if class_name is not None:
+        return pipeline_family(class_name)
     record = os.path.join(folder, "erasure.json")
     if os.path.isfile(record):
         with open(record) as f:

@@ -83,12 +83,6 @@ class SpmConfig(NegativeGuidanceConfig):
     def neutral_prompt(self, k: int) -> str:
         return self.misaligned_prompts[k % len(self.misaligned_prompts)] if self.misaligned_prompts else ""
 
-    def check_with_pipeline(self, pipeline) -> None:
-        from .diffusion import check_prompt_lengths
-
-        super().check_with_pipeline(pipeline)
-        check_prompt_lengths(pipeline.tokenizer, self.misaligned_prompts, "SPM prompt")
-
 
 def membrane_weights(unet) -> list[str]:
     """The weights of every Linear and Conv2d layer inside the UNet's transformer blocks."""
@@ -139,6 +133,7 @@ def erase_pipeline(pipeline, config: SpmConfig, session) -> tuple[dict, dict]:
     record, artifacts = train_negative_guidance(pipeline, config, session, membrane_weights(pipeline.unet),
                                                 {"layers": "transformer blocks"}, LAYERS,
                                                 regularizer=latent_anchoring if strength else None)
-    record["summary"].insert(2, ["latent anchoring", f"λ = {strength:g}: {k} random text embeddings per sample and "
-                                                     "step keep the frozen model's prediction"])
+    if strength:
+        record["summary"].insert(2, ["latent anchoring", f"λ = {strength:g}: {k} random text embeddings per sample "
+                                                         "and step keep the frozen model's prediction"])
     return record, artifacts
