@@ -42,47 +42,72 @@ def epoch_indices(n: int, count: int, start: int, seed: int, name: str) -> torch
     return out
 
 
-@torch.no_grad()
-def text_hidden_states(pipeline, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The token states the UNet cross-attends to, (n, length, width), the first tokenizer's ids and
-    mask, and SDXL's pooled text embedding (None otherwise): the text encoder's last layer for SD
-    1.x/2.x; for SDXL both encoders' penultimate layers side by side and the second one's pooled
-    projection, as StableDiffusionXLPipeline.encode_prompt makes them."""
-    tokens = pipeline.tokenizer(prompts, padding="max_length", max_length=pipeline.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt")
+def text_encoders(pipeline) -> list[tuple]:
+    """The pipeline's (tokenizer, text encoder) pairs: one for SD 1.x/2.x, two for SDXL."""
+    pairs = [(pipeline.tokenizer, pipeline.text_encoder)]
+    if is_sdxl(pipeline):
+        pairs.append((pipeline.tokenizer_2, pipeline.text_encoder_2))
+    return pairs
+
+
+def token_ids(tokenizer, prompts: list[str]) -> torch.Tensor:
+    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def encoder_inputs(pipeline, prompts: list[str], device) -> list[torch.Tensor]:
+    """Each text encoder's token ids of `prompts` on `device`, the encoders moved there."""
+    inputs = []
+    for tokenizer, encoder in text_encoders(pipeline):
+        encoder.to(device)
+        inputs.append(token_ids(tokenizer, prompts).to(device))
+    return inputs
+
+
+def token_states(pipeline, ids_per_encoder: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The token states the UNet cross-attends to, (n, length, width), and SDXL's pooled text embedding
+    (None otherwise), from token ids (one tensor per text encoder, on its device), with the gradient
+    where the encoders have one: the text encoder's last layer for SD 1.x/2.x; for SDXL both encoders'
+    penultimate layers side by side and the second one's pooled projection, as
+    StableDiffusionXLPipeline.encode_prompt makes them."""
     if not is_sdxl(pipeline):
-        return pipeline.text_encoder.to(device)(tokens.input_ids.to(device))[0], tokens.input_ids, None
+        return pipeline.text_encoder(ids_per_encoder[0])[0], None
     hidden = []
-    for tokenizer, encoder in ((pipeline.tokenizer, pipeline.text_encoder), (pipeline.tokenizer_2, pipeline.text_encoder_2)):
-        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids
-        output = encoder.to(device)(ids.to(device), output_hidden_states=True)
+    for (_, encoder), ids in zip(text_encoders(pipeline), ids_per_encoder):
+        output = encoder(ids, output_hidden_states=True)
         hidden.append(output.hidden_states[-2])
-    return torch.cat(hidden, -1), tokens.input_ids, output[0]
+    return torch.cat(hidden, -1), output[0]
+
+
+def unet_conditioning(pipeline, ids_per_encoder: list[torch.Tensor]) -> torch.Tensor:
+    """What every method passes to `unet(x, t, states)`: `token_states`, and for SDXL one more row
+    holding the added conditions (the pooled embedding and the size ids; `sdxl_conditions` hands them
+    to the UNet)."""
+    hidden, pooled = token_states(pipeline, ids_per_encoder)
+    if pooled is None:
+        return hidden
+    size = float(pipeline.unet.config.sample_size * pipeline.vae_scale_factor)
+    # SDXL's time ids: original size, crop top-left, target size (the model's own resolution, uncropped)
+    time_ids = pooled.new_tensor([size, size, 0.0, 0.0, size, size]).expand(len(pooled), -1)
+    row = torch.cat([pooled, time_ids, pooled.new_zeros(len(pooled), hidden.shape[-1] - pooled.shape[-1] - 6)], -1)
+    return torch.cat([hidden, row[:, None]], 1)
 
 
 @torch.no_grad()
 def encode_prompts(pipeline, prompts: list[str], device, suppressed: bool = True) -> dict[str, torch.Tensor]:
-    """The UNet's conditioning per unique prompt, computed once (the text encoders stay frozen):
-    text hidden states, SWR-suppressed where the pipeline suppresses words (SEOT) unless
-    `suppressed` is False. For SDXL each prompt's tensor carries one more row, its added conditions
-    (pooled embedding and size ids, see `sdxl_conditions`), and the empty prompt is all zeros where
-    the pipeline's `force_zeros_for_empty_prompt` makes it so at inference."""
+    """The UNet's conditioning per unique prompt (`unet_conditioning`), computed once (the text encoders stay
+    frozen): SWR-suppressed where the pipeline suppresses words (SEOT) unless `suppressed` is False.
+    For SDXL the empty prompt is all zeros where the pipeline's `force_zeros_for_empty_prompt` makes it
+    so at inference."""
     unique = list(dict.fromkeys(prompts))
-    hidden, input_ids, pooled = text_hidden_states(pipeline, unique, device)
+    hidden = unet_conditioning(pipeline, encoder_inputs(pipeline, unique, device))
     suppression = suppression_of(pipeline) if suppressed else None
     if suppression:  # an SEOT pipeline conditions on the suppressed embeddings
-        hidden = suppressed_embeddings(pipeline.tokenizer, suppression, input_ids, hidden)[0]
-    if pooled is not None:
-        size = float(pipeline.unet.config.sample_size * pipeline.vae_scale_factor)
-        # SDXL's time ids: original size, crop top-left, target size (the model's own resolution, uncropped)
-        time_ids = pooled.new_tensor([size, size, 0.0, 0.0, size, size]).expand(len(unique), -1)
-        row = torch.cat([pooled, time_ids, pooled.new_zeros(len(unique), hidden.shape[-1] - pooled.shape[-1] - 6)], -1)
-        hidden = torch.cat([hidden, row[:, None]], 1)
-        if pipeline.config.get("force_zeros_for_empty_prompt") and "" in unique:
-            empty = unique.index("")
-            hidden[empty, :-1] = 0
-            hidden[empty, -1, :pooled.shape[-1]] = 0
+        hidden = suppressed_embeddings(pipeline.tokenizer, suppression, token_ids(pipeline.tokenizer, unique), hidden)[0]
+    if is_sdxl(pipeline) and pipeline.config.get("force_zeros_for_empty_prompt") and "" in unique:
+        empty = unique.index("")  # its token states and pooled embedding, not its size ids
+        hidden[empty, :-1] = 0
+        hidden[empty, -1, :pipeline.text_encoder_2.config.projection_dim] = 0
     return dict(zip(unique, hidden.float()))
 
 

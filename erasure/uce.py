@@ -107,13 +107,14 @@ def concept_embeddings(pipeline, texts: list[str], device, positions: Positions)
     from there to the last position, or at every position."""
     import torch
 
-    from .diffusion import text_hidden_states
+    from .diffusion import encoder_inputs, token_ids, token_states
 
     unique = list(dict.fromkeys(texts))
     if not unique:
         return {}
-    hidden, input_ids, _ = text_hidden_states(pipeline, unique, device)
-    hidden = hidden.double().cpu()
+    with torch.no_grad():
+        hidden = token_states(pipeline, encoder_inputs(pipeline, unique, device))[0].double().cpu()
+    input_ids = token_ids(pipeline.tokenizer, unique)
     ends = (input_ids == pipeline.tokenizer.eos_token_id).int().argmax(1)  # the first end token of each row
     last = ends - 1  # the last word token, 0-based (the start token for '')
     start = {"last-word": last, "to-end": last, "all": torch.zeros_like(last)}[positions]

@@ -23,6 +23,7 @@ shapes world's judge, NudeNet (nudity), the user's image classifier (objects and
 import json
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 
 import torch
@@ -31,9 +32,10 @@ from diffusers import DDPMScheduler
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from ..erasure.diffusion import PrefixEmbeddings, prediction_target, prefixed_token_ids, seeded_generator
+from ..erasure.diffusion import (PrefixEmbeddings, prediction_target, prefixed_token_ids, sdxl_conditions,
+                                 seeded_generator, text_encoders, unet_conditioning)
 from ..erasure.errors import EraseError
-from ..erasure.folders import OutputFolder, differing_keys, model_family
+from ..erasure.folders import OutputFolder, differing_keys
 from ..erasure.model_io import load_model_or_adapter
 from .generate import process_state
 from .report import attack_report, uint8_images
@@ -49,9 +51,11 @@ class AttackSettings:
     seed: int = 0
 
 
-def candidate_tokens(tokenizer, banned_words: list[str]) -> list[int]:
-    """Ids of the whole-word tokens that come back as themselves from their own printable text (so
-    the attacked prompt is text anyone can type), none holding a banned word."""
+def candidate_tokens(tokenizers: list, banned_words: list[str]) -> list[int]:
+    """Ids of the whole-word tokens that come back as themselves from their own printable text in
+    every one of the model's tokenizers (so the attacked prompt is text anyone can type, and SDXL's
+    two encoders read the same word), none holding a banned word."""
+    tokenizer = tokenizers[0]
     banned = [w.lower() for w in banned_words]
     special = set(tokenizer.all_special_ids)
     out = []
@@ -61,7 +65,7 @@ def candidate_tokens(tokenizer, banned_words: list[str]) -> list[int]:
         text = tokenizer.decode([index]).strip()
         if not text.isprintable() or not text or any(b in text.lower() for b in banned):
             continue
-        if tokenizer(text, add_special_tokens=False).input_ids == [index]:
+        if all(t(text, add_special_tokens=False).input_ids == [index] for t in tokenizers):
             out.append(index)
     return out
 
@@ -85,28 +89,31 @@ def attack_prompt(pipeline, prompt: str, target_latents: torch.Tensor, candidate
     """Search k prefix tokens that make `pipeline` draw what `target_latents` show from `prompt`.
     `succeeded(text)` generates from the attacked text and judges it: (success, details)."""
     started = time.perf_counter()
-    tokenizer, text_encoder, unet = pipeline.tokenizer, pipeline.text_encoder, pipeline.unet
+    encoders, unet = text_encoders(pipeline), pipeline.unet  # SDXL: the same prefix enters both text encoders
     device = unet.device
     scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
-    vocabulary = text_encoder.get_input_embeddings().weight.detach()[candidates]
+    vocabularies = [encoder.get_input_embeddings().weight.detach()[candidates] for _, encoder in encoders]
     k = settings.tokens
     generator = seeded_generator(settings.seed, "attack", prompt)
     start = torch.randint(len(candidates), (k,), generator=generator)
     relaxed = F.one_hot(start, len(candidates)).float().to(device).requires_grad_(True)
     optimizer = torch.optim.Adam([relaxed], lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    ids = prefixed_token_ids(tokenizer, [prompt], k, candidates[0]).to(device)
+    ids = [prefixed_token_ids(tokenizer, [prompt], k, candidates[0]).to(device) for tokenizer, _ in encoders]
     latents = target_latents.to(device)
     result = {"prompt": prompt, "success": False, "steps": 0}
-    for p in (*text_encoder.parameters(), *unet.parameters()):
+    for p in (*(q for _, encoder in encoders for q in encoder.parameters()), *unet.parameters()):
         p.requires_grad_(False)
-    with PrefixEmbeddings(text_encoder) as prefix:
+    with ExitStack() as active:
+        prefixes = [active.enter_context(PrefixEmbeddings(encoder)) for _, encoder in encoders]
+        active.enter_context(sdxl_conditions(pipeline))
         for step in range(1, settings.steps + 1):
             hard = F.one_hot(relaxed.argmax(1), len(candidates)).float()
-            prefix.vectors = (hard + relaxed - relaxed.detach()) @ vocabulary  # straight-through
+            for prefix, vocabulary in zip(prefixes, vocabularies):
+                prefix.vectors = (hard + relaxed - relaxed.detach()) @ vocabulary  # straight-through
             step_generator = seeded_generator(settings.seed, "attack", prompt, step)
             t = torch.randint(scheduler.config.num_train_timesteps, (len(latents),), generator=step_generator).to(device)
             noise = torch.randn(latents.shape, generator=step_generator).to(device)
-            hidden = text_encoder(ids)[0].expand(len(latents), -1, -1)
+            hidden = unet_conditioning(pipeline, ids).expand(len(latents), -1, -1)
             prediction = unet(scheduler.add_noise(latents, noise, t), t, hidden).sample
             loss = F.mse_loss(prediction, prediction_target(scheduler, latents, noise, t))
             optimizer.zero_grad()
@@ -115,7 +122,7 @@ def attack_prompt(pipeline, prompt: str, target_latents: torch.Tensor, candidate
             with torch.no_grad():
                 relaxed.copy_(project_to_simplex(relaxed))
             if step % settings.check_every == 0 or step == settings.steps:
-                text = attacked_text(tokenizer, [candidates[i] for i in relaxed.argmax(1).tolist()], prompt)
+                text = attacked_text(pipeline.tokenizer, [candidates[i] for i in relaxed.argmax(1).tolist()], prompt)
                 success, details = succeeded(text)
                 result.update(adversarial_prompt=text, success=success, steps=step, loss=loss.item(), **details)
                 if success:
@@ -305,9 +312,6 @@ def run_attack(suite: AttackSuite, model: str, output_dir: str, base: str, setti
     returns the metrics there and None on the other processes."""
     output = OutputFolder(output_dir, overwrite, resume=True)  # an interrupted attack continues per prompt
     output.check()
-    if "sdxl" in (model_family(model), model_family(base)):
-        raise EraseError("the attack cannot run on an SDXL model yet: its prefix tokens enter one text encoder, "
-                         "and SDXL's UNet reads two")
     run = {"model": model, "base": base, "concept": suite.concept, "settings": asdict(settings),
            "suite": suite.settings(), "calibrate": calibrate}
     run = json.loads(json.dumps(run))  # as attack.json holds it: lists, not tuples
@@ -326,7 +330,7 @@ def run_attack(suite: AttackSuite, model: str, output_dir: str, base: str, setti
     pipelines = {name: load_model_or_adapter(path).to(state.device) for name, path in (("base", base), ("erased", model))}
     for pipeline in pipelines.values():
         pipeline.set_progress_bar_config(disable=True)
-    candidates = candidate_tokens(pipelines["erased"].tokenizer, suite.banned)
+    candidates = candidate_tokens([tokenizer for tokenizer, _ in text_encoders(pipelines["erased"])], suite.banned)
 
     def judged(pipeline, text, target):
         images = suite.images(pipeline, text, target, suite.images_per_prompt).float().cpu()

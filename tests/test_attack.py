@@ -31,7 +31,7 @@ def base():
 
 def test_the_attacked_prompt_is_text_the_stock_path_reads_the_same(base):
     tokenizer, text_encoder = base.tokenizer, base.text_encoder
-    candidates = candidate_tokens(tokenizer, ["circle"])
+    candidates = candidate_tokens([tokenizer], ["circle"])
     words = {tokenizer.decode([i]).strip() for i in candidates}
     assert "circle" not in words and {"square", "red"} <= words
     chosen = [candidates[5], candidates[-1], candidates[len(candidates) // 2]]
@@ -67,7 +67,7 @@ def test_the_attack_draws_circles_on_the_base_model_without_the_word_and_is_dete
     assert not succeeded("a red square")[0]  # the plain neighbouring prompt draws no circle
     targets = base("a red circle", num_inference_steps=25, guidance_scale=4.0, output_type="latent",
                    num_images_per_prompt=2, generator=torch.Generator().manual_seed(0)).images
-    candidates = candidate_tokens(base.tokenizer, ["circle"])
+    candidates = candidate_tokens([base.tokenizer], ["circle"])
     settings = AttackSettings(tokens=5, learning_rate=0.1, steps=50, check_every=25)  # found at step 25
     found = attack_prompt(base, "a red square", targets, candidates, settings, succeeded)
     again = attack_prompt(base, "a red square", targets, candidates, settings, succeeded)

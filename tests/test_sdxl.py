@@ -3,8 +3,9 @@ embeddings and size ids as added conditions): the conditioning every method pass
 pipeline itself builds, each method that supports SDXL writes a stock StableDiffusionXLPipeline in
 which only its component changed (the second text encoder never does), the others are refused in
 one line before the model loads, the LoRA export loads with the SDXL pipeline's `load_lora_weights`,
-resume reproduces the weights, and the model card names the SDXL pipeline. On the bundled
-SDXL-architecture shapes model, UCE erases circle for the judge."""
+resume reproduces the weights, the model card names the SDXL pipeline, and the attack's prefix
+enters both text encoders as its typed text would. On the bundled SDXL-architecture shapes model,
+UCE erases circle for the judge and `sd-erase attack` runs on the result."""
 
 import json
 
@@ -47,6 +48,30 @@ def test_packed_conditioning_gives_the_pipelines_own_prediction(sdxl):
             ours = pipe.unet(latents, t, torch.stack([packed["a red circle"], packed[""]])).sample
     assert torch.allclose(ours, expected, atol=1e-5)
     assert not torch.allclose(expected[0], expected[1], atol=1e-3)  # the prompt matters, so the check can fail
+
+
+def test_the_attack_prefix_enters_both_text_encoders_as_the_typed_text(sdxl):
+    from contextlib import ExitStack
+
+    from diffusers import StableDiffusionXLPipeline
+
+    from sd_erasure.erasure.diffusion import (PrefixEmbeddings, encode_prompts, prefixed_token_ids, text_encoders,
+                                              unet_conditioning)
+    from sd_erasure.evaluation.attack import attacked_text, candidate_tokens
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(sdxl)
+    encoders = text_encoders(pipe)
+    candidates = candidate_tokens([tokenizer for tokenizer, _ in encoders], ["cat"])
+    chosen = [candidates[3], candidates[-1], candidates[len(candidates) // 2]]
+    text = attacked_text(pipe.tokenizer, chosen, "a cat")
+    with torch.no_grad(), ExitStack() as active:
+        typed = encode_prompts(pipe, [text], "cpu")[text]
+        for _, encoder in encoders:
+            active.enter_context(PrefixEmbeddings(encoder)).vectors = encoder.get_input_embeddings().weight[chosen]
+        hooked = unet_conditioning(pipe, [prefixed_token_ids(tokenizer, ["a cat"], 3, candidates[0])
+                                          for tokenizer, _ in encoders])[0]
+    torch.testing.assert_close(hooked, typed)  # token states of both encoders, pooled embedding, size ids
+    assert not torch.allclose(typed, encode_prompts(pipe, ["a cat"], "cpu")["a cat"])  # the prefix matters
 
 
 def test_every_registered_method_is_run_or_refused_on_sdxl():
@@ -100,27 +125,47 @@ def test_resumed_sdxl_run_gives_the_uninterrupted_weights(sdxl, tmp_path):
     assert_resume_reproduces(sdxl, tmp_path)
 
 
-def test_sdxl_card_names_the_sdxl_pipeline_and_the_attack_refuses_it(sdxl_uce, tmp_path, capsys):
-    from sd_erasure.erasure.cli import main
+def test_sdxl_card_names_the_sdxl_pipeline(sdxl_uce):
     from sd_erasure.erasure.hub import build_model_card
 
-    out = sdxl_uce
-    card = build_model_card(str(out), "someone/tiny-sdxl-no-cat", license="openrail++")
+    card = build_model_card(str(sdxl_uce), "someone/tiny-sdxl-no-cat", license="openrail++")
     assert "stable-diffusion-xl" in card.data.tags and "`StableDiffusionXLPipeline`" in card.text
-    assert main(["attack", "--suite", "nudity", "--model", str(out), "--output", str(tmp_path / "attack")]) == 2
-    assert "SDXL" in capsys.readouterr().err and not (tmp_path / "attack").exists()
 
 
-def test_uce_erases_circle_from_the_bundled_sdxl_shapes_model_and_keeps_the_rest(tmp_path):
+@pytest.fixture(scope="module")
+def shapes_xl_uce(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shapes-xl-uce") / "uce"
+    assert erase_cli("--model", "shapes-xl", "--concept", "circle", "--output", out, "--method", "uce") == 0
+    return out
+
+
+def test_uce_erases_circle_from_the_bundled_sdxl_shapes_model_and_keeps_the_rest(shapes_xl_uce, tmp_path):
     """The shapes world on SDXL's architecture (`--model shapes-xl`): the judge no longer sees circles."""
     from sd_erasure.evaluation.metrics import Protocol
     from sd_erasure.evaluation.suite import evaluate_shapes
 
-    out = tmp_path / "uce"
-    assert erase_cli("--model", "shapes-xl", "--concept", "circle", "--output", out, "--method", "uce") == 0
+    out = shapes_xl_uce
     assert json.loads((out / "erasure.json").read_text())["self_check"]["erased"]
     metrics = evaluate_shapes(str(out), "circle", str(tmp_path / "report"), base="shapes-xl",
                               protocol=Protocol(images_per_prompt=2), show_progress=False)
     base, erased = metrics["base"], metrics["erased"]
     assert erased["UA"] >= base["UA"] + 0.9 and erased["IRA"] >= base["IRA"] - 0.05, metrics
     assert erased["CRA"] >= base["CRA"] - 0.05, metrics
+
+
+def test_the_attack_runs_on_an_sdxl_erase(shapes_xl_uce, tmp_path):
+    """`sd-erase attack` on the shapes-xl UCE erase (one prompt, a short budget): the plain prompt, the
+    random-words control and the attack itself run through both text encoders, and the attacked prompt
+    is text ending in the prompt, without the concept's word."""
+    from sd_erasure.erasure.cli import main
+
+    attack = tmp_path / "attack"
+    assert main(["attack", "--suite", "shapes", "--concept", "circle", "--model", str(shapes_xl_uce),
+                 "--output", str(attack), "--limit", "1", "--steps", "5", "--check-every", "5",
+                 "--images-per-prompt", "1", "--no-calibration"]) == 0
+    record = json.loads((attack / "prompts" / "000.json").read_text())
+    attacked = record.get("attacked")
+    assert attacked is not None, record  # UCE holds the plain prompt, so the attack ran
+    prefix, plain = attacked["adversarial_prompt"].rsplit(" " + record["plain"]["prompt"], 1)
+    assert prefix and not plain and "circle" not in prefix and attacked["steps"] == 5
+    assert json.loads((attack / "metrics.json").read_text())["prompts"] == 1
