@@ -226,6 +226,9 @@ SUITE_DEFAULTS = {  # images per prompt, sampler steps, guidance
 
 def cmd_evaluate(args) -> int:
     images, steps, guidance = SUITE_DEFAULTS[args.suite]
+    for name in ("images_per_prompt", "num_inference_steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise EraseError(f"--{name.replace('_', '-')} must be 1 or more, got {getattr(args, name)}")
     images = args.images_per_prompt or images
     steps = args.num_inference_steps or steps
     guidance = guidance if args.guidance_scale is None else args.guidance_scale
@@ -292,7 +295,9 @@ def cmd_attack(args) -> int:
             concept_kind(args.concept)
         except ValueError as err:
             raise EraseError(str(err)) from err
-        base = base or "shapes"
+        from .folders import base_of
+
+        base = base or base_of(args.model) or "shapes"  # an erase output's own base (shapes-xl for its erases)
     else:  # everything checked here is cheap; the models load after it
         from ..evaluation.nudity import EXPOSED_CLASSES, check_classes
         from ..evaluation.prompt_sets import load_prompts
@@ -458,8 +463,8 @@ def build_parser() -> Parser:
     attack_parser.add_argument("--concept", help="shapes: the erased object or colour, e.g. circle; classwise: the erased "
                                "class as the classifier names it, e.g. church")
     attack_parser.add_argument("--output", required=True, help="folder for metrics.json, report.html and the images")
-    attack_parser.add_argument("--base", help="the model the concept was erased from (default: shapes for the shapes "
-                               "suite, else the one in the model's erasure.json)")
+    attack_parser.add_argument("--base", help="the model the concept was erased from (default: the one in the model's "
+                               "erasure.json, else for the shapes suite the bundled shapes model)")
     search = attack_parser.add_argument_group(f"the attack (defaults per suite: {' / '.join(ATTACK_DEFAULTS)})")
 
     def per_suite(name: str) -> str:

@@ -168,4 +168,5 @@ def test_the_attack_runs_on_an_sdxl_erase(shapes_xl_uce, tmp_path):
     assert attacked is not None, record  # UCE holds the plain prompt, so the attack ran
     prefix, plain = attacked["adversarial_prompt"].rsplit(" " + record["plain"]["prompt"], 1)
     assert prefix and not plain and "circle" not in prefix and attacked["steps"] == 5
-    assert json.loads((attack / "metrics.json").read_text())["prompts"] == 1
+    metrics = json.loads((attack / "metrics.json").read_text())
+    assert metrics["prompts"] == 1 and metrics["base"] == "shapes-xl", metrics  # the erase's own base draws the targets

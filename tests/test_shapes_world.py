@@ -131,6 +131,7 @@ def test_an_erase_that_changes_nothing_says_not_erased_and_exits_3(tmp_path, cap
 @pytest.mark.parametrize("args, message", [
     (["--concept", "hexagon"], "not a shapes-world concept"),
     (["--concept", "circle", "--suite", "cifar"], "invalid choice: 'cifar'"),
+    (["--concept", "circle", "--images-per-prompt", "0"], "--images-per-prompt must be 1 or more"),
 ])
 def test_evaluate_bad_input(capsys, tmp_path, args, message):
     from sd_erasure.erasure.cli import main
