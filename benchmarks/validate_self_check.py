@@ -3,6 +3,7 @@ bundled shapes model, each checked by itself and then measured by the judge.
 
     python -m benchmarks.validate_self_check                          # 10 concepts x 6 settings (CPU: ~1.5 h)
     python -m benchmarks.validate_self_check --concepts circle red --settings dry-run profile
+    python -m benchmarks.validate_self_check --concepts circle red --settings methods   # every other method
 
 Each case is `sd-erase erase --model shapes --concept C` plus the setting's flags, in its own
 process (data cached per concept), then `evaluate --suite shapes` with 4 images per prompt. The
@@ -28,7 +29,11 @@ SETTINGS = {
     "profile": [],
     "full-scope": ["--learning-rate", "3e-4", "--scope", "full"],
     "uce": ["--method", "uce"],
+    # every other method with the model profile's settings; AdvUnlearn shortened to its test's length
+    **{m: ["--method", m] for m in ("salun-soft", "esd", "ca", "scissorhands", "fmn", "slug", "erasediff", "seot", "spm")},
+    "advunlearn": ["--method", "advunlearn", "--steps", "120", "--warmup-steps", "60", "--attack-steps", "10"],
 }
+GROUPS = {"methods": list(SETTINGS)[list(SETTINGS).index("uce"):]}  # UCE and every method after it
 CONCEPTS = ("circle", "square", "triangle", "cross", "star", "red", "green", "blue", "yellow", "purple")
 UA_ERASED, RETAIN_TOLERANCE = 0.9, 0.05
 
@@ -36,15 +41,16 @@ UA_ERASED, RETAIN_TOLERANCE = 0.9, 0.05
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concepts", nargs="+", default=list(CONCEPTS))
-    parser.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=["dry-run", "official", "partial", "profile", "full-scope", "uce"])
+    parser.add_argument("--settings", nargs="+", choices=tuple(SETTINGS) + tuple(GROUPS), default=["dry-run", "official", "partial", "profile", "full-scope", "uce"])
     parser.add_argument("--images-per-prompt", type=int, default=4)
     parser.add_argument("--record", action="store_true", help=f"append the rows to {os.path.relpath(RESULTS)}")
     args = parser.parse_args(argv)
+    settings = [s for name in args.settings for s in GROUPS.get(name, [name])]
 
     rows = []
     with tempfile.TemporaryDirectory() as work:
         for concept in args.concepts:
-            for setting in args.settings:
+            for setting in settings:
                 flags = SETTINGS[setting]
                 method = flags[flags.index("--method") + 1] if "--method" in flags else "salun"
                 extra = [f for i, f in enumerate(flags) if f != "--method" and (i == 0 or flags[i - 1] != "--method")]
@@ -55,14 +61,15 @@ def main(argv=None) -> list[dict]:
                 check, base, erased = record["self_check"], metrics["base"], metrics["erased"]
                 judge_retained = all(erased[k] >= base[k] - RETAIN_TOLERANCE for k in ("IRA", "CRA"))
                 row = {"benchmark": "validate_self_check", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                       "device": device_name(), "concept": concept, "setting": setting, "flags": flags,
+                       "device": device_name(), "concept": concept, "setting": setting, "method": method, "flags": flags,
                        "check_erased": check["erased"], "margin_remaining": check["margin_remaining"],
                        "retain_drift": check["retain_drift"], "check_retained": check["retain_kept"],
                        "judge_erased": erased["UA"] >= UA_ERASED, "judge_retained": judge_retained,
                        "UA": erased["UA"], "IRA": erased["IRA"], "CRA": erased["CRA"],
                        "base": {k: base[k] for k in ("UA", "IRA", "CRA")}, "erase_seconds": round(wall, 1),
                        "self_check_seconds": record["seconds"]["self_check"],
-                       "images_per_prompt": args.images_per_prompt}
+                       "images_per_prompt": args.images_per_prompt,
+                       "errors_by_level": {model: check["errors"][model]["by_level"] for model in ("base", "erased")}}
                 rows.append(row)
                 print(f"{concept:>8} {setting:<8} remaining {row['margin_remaining']:.2f} drift {row['retain_drift']:+.2f} "
                       f"| UA {row['UA']:.2f} IRA {row['IRA']:.2f} CRA {row['CRA']:.2f} | check "

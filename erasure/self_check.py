@@ -9,6 +9,12 @@ misaligned prompt where the method or the model profile has one, else the retain
     gain(model, prompt) = model's error(empty prompt) − model's error(prompt)
     margin(model)       = gain(model, concept prompt) − gain(base, anchor prompt)
 
+The empty prompt is the reference input, the same for both models: it is encoded once, by the base
+model's text encoder(s). What the erased UNet makes of it measures how much the UNet changed
+everywhere; a method that edits the text encoder (SLUG, AdvUnlearn) changes the empty prompt's own
+encoding too, and against that moving reference SLUG's circle erase on the shapes model (judge UA 1.00)
+kept 106% of its margin (51% against the fixed one).
+
 How much more the concept's prompt helps the model denoise the concept's images than the anchor
 helped the base model. The base model's margin is positive; the check reports how much of it the
 erased model keeps: 1 unchanged, 0 when the concept prompt helps no more than the base's anchor
@@ -106,6 +112,7 @@ class SelfCheck:
                         for p in self.concept.prompts]
         self.seed = config.seed
         self.unknown = unknown_words(pipeline.tokenizer, self.prompts.concept + self.prompts.anchor)
+        self.reference = encode_prompts(pipeline, [""], self.device, suppressed=False)[""]
         self.base = self.errors(pipeline)
         self.base_margin = self.base["empty_prompt"] - self.base["concept_prompt"] - self.anchor_gain
 
@@ -146,13 +153,14 @@ class SelfCheck:
 
     def errors(self, pipeline) -> dict:
         """The errors of `pipeline` as it is now: prompts are encoded by its own text encoder, which
-        methods such as AdvUnlearn change; an SEOT pipeline's suppressed embeddings where it uses them
-        (below the noise level of its first suppressed sampling step)."""
-        prompts = self.prompts.concept + self.prompts.anchor + self.prompts.retain + [""]
-        embeddings = encode_prompts(pipeline, prompts, self.device)
+        methods such as AdvUnlearn change (the empty prompt excepted: the base's encoding, see above);
+        an SEOT pipeline's suppressed embeddings where it uses them (below the noise level of its
+        first suppressed sampling step)."""
+        prompts = self.prompts.concept + self.prompts.anchor + self.prompts.retain
+        embeddings = {**encode_prompts(pipeline, prompts, self.device), "": self.reference}
         suppression = suppression_of(pipeline)
         if suppression:
-            unsuppressed = encode_prompts(pipeline, prompts, self.device, suppressed=False)
+            unsuppressed = {**encode_prompts(pipeline, prompts, self.device, suppressed=False), "": self.reference}
             embeddings_at = lambda share: unsuppressed if share > 1 - suppression["suppression_start"] else embeddings
         else:
             embeddings_at = lambda share: embeddings

@@ -34,6 +34,10 @@ def test_slug_changes_one_text_encoder_group_and_stores_under_one_percent(slug_c
     # the step is an ascent on the forget loss: the forget images match their concept less in CLIP space
     assert slug["forget_accuracy"]["erased"] < slug["forget_accuracy"]["base"]
     assert slug["reached"] and slug["search"][-1]["step"] > 0
+    # the self-check's empty prompt is the base's encoding: through the unchanged UNet its error is the base's
+    errors = record["self_check"]["errors"]
+    assert errors["erased"]["empty_prompt"] == errors["base"]["empty_prompt"]
+    assert errors["erased"]["concept_prompt"] != errors["base"]["concept_prompt"]
 
 
 def test_slug_erases_circle_on_the_shapes_world(slug_circle, tmp_path):
