@@ -51,6 +51,7 @@ def text_encoders(pipeline) -> list[tuple]:
 
 
 def token_ids(tokenizer, prompts: list[str]) -> torch.Tensor:
+    """`prompts` as the pipeline tokenizes them for its text encoder: padded (and cut) to its length."""
     return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                      return_tensors="pt").input_ids
 
