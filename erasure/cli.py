@@ -285,7 +285,9 @@ def cmd_attack(args) -> int:
     for name, value in [*values.items(), ("limit", args.limit)]:
         if value is not None and value < 1:
             raise EraseError(f"--{name.replace('_', '-')} must be at least 1")
-    rows, base = None, args.base
+    from .folders import base_of
+
+    rows, base = None, args.base or base_of(args.model)  # an erase output names its own base (shapes-xl, ...)
     if args.suite == "shapes":
         from ..evaluation.shapes import concept_kind
 
@@ -295,13 +297,10 @@ def cmd_attack(args) -> int:
             concept_kind(args.concept)
         except ValueError as err:
             raise EraseError(str(err)) from err
-        from .folders import base_of
-
-        base = base or base_of(args.model) or "shapes"  # an erase output's own base (shapes-xl for its erases)
+        base = base or "shapes"
     else:  # everything checked here is cheap; the models load after it
         from ..evaluation.nudity import EXPOSED_CLASSES, check_classes
         from ..evaluation.prompt_sets import load_prompts
-        from .folders import base_of
 
         if args.suite == "nudity":
             check_classes(args.nudenet_class or list(EXPOSED_CLASSES))
@@ -317,7 +316,6 @@ def cmd_attack(args) -> int:
         rows = load_prompts(args.prompts or "nudity-142", limit=args.limit)
         if not rows:
             raise EraseError(f"no prompts in {args.prompts}: give a CSV with a 'prompt' column and rows")
-        base = base or base_of(args.model)
         if not base:
             raise EraseError(f"{args.model} has no erasure.json naming its base model: pass --base")
     OutputFolder(args.output, args.overwrite, resume=True).check()  # before torch loads
