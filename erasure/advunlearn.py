@@ -34,7 +34,13 @@ per step, γ = 0.3 for nudity and 0.5 for objects and styles, the retain prompts
 {COCO object}" (`coco_object`). The 64 cached trajectories per set are this project's choice.
 The forget prompt is the concept itself, as the official `--prompt nudity`.
 
-The output is a stock pipeline whose text encoder changed and whose UNet is bit-identical; its
+SDXL (no official code: it is SD 1.4 only): both text encoders train, the same layers of each (not
+the second one's pooled projection), because the UNet reads both encoders' token states and the
+second one's pooled embedding, and a typed attack enters both: an untrained encoder would be a way
+back for the concept. The attack is one soft prefix per encoder, started from the same vocabulary
+words, each in its encoder's width, optimised together.
+
+The output is a stock pipeline whose text encoder(s) changed and whose UNet is bit-identical; its
 `text_encoder/` folder is what AdvUnlearn publishes (`CLIPTextModel.from_pretrained(OUT,
 subfolder="text_encoder")` swaps it into any pipeline of the same base).
 """
@@ -75,9 +81,6 @@ def trains(name: str, train_layers: str) -> bool:
 @dataclass
 class AdvUnlearnConfig(TrajectoryConfig):
     """AdvUnlearn's settings; each field's help says where its default comes from."""
-
-    NO_SDXL: ClassVar[str] = ("it trains one text encoder against attacks on its token embeddings, and SDXL's UNet "
-                              "reads two (not built yet)")
 
     steps: int | None = option(None, official=1000, help="optimizer steps (official iterations)", group="training")
     batch_size: int = option(1, help="concept prompts per step and device", group="training")
@@ -133,18 +136,19 @@ class AdvUnlearnConfig(TrajectoryConfig):
         return replace(self, train_layers="first") if self.train_layers == "all" else None
 
     def check_with_pipeline(self, pipeline) -> None:
-        from .diffusion import check_prompt_lengths
+        from .diffusion import check_prompt_lengths, text_encoders
 
-        tokenizer = pipeline.tokenizer
-        check_prompt_lengths(tokenizer, self.forget_prompts + self.retain_prompts, "AdvUnlearn prompt")
-        longest = max(len(tokenizer(p).input_ids) for p in self.forget_prompts)
-        if longest + self.attack_tokens > tokenizer.model_max_length:
-            raise EraseError(f"a forget prompt of {longest} tokens leaves no room for {self.attack_tokens} attack "
-                             f"tokens in {tokenizer.model_max_length}: shorten it or lower `attack_tokens`")
+        for tokenizer, _ in text_encoders(pipeline):
+            check_prompt_lengths(tokenizer, self.forget_prompts + self.retain_prompts, "AdvUnlearn prompt")
+            longest = max(len(tokenizer(p).input_ids) for p in self.forget_prompts)
+            if longest + self.attack_tokens > tokenizer.model_max_length:
+                raise EraseError(f"a forget prompt of {longest} tokens leaves no room for {self.attack_tokens} attack "
+                                 f"tokens in {tokenizer.model_max_length}: shorten it or lower `attack_tokens`")
 
 
 class _LastAttack:
-    """The last attack's soft tokens, saved with checkpoints so `attack_init latest` resumes exactly."""
+    """The last attack's soft tokens (one tensor per text encoder), saved with checkpoints so
+    `attack_init latest` resumes exactly."""
 
     def __init__(self):
         self.vectors = None
@@ -163,13 +167,14 @@ def erase_pipeline(pipeline, config: AdvUnlearnConfig, session) -> tuple[dict, d
     from diffusers import DDIMScheduler
 
     from .data import base_trajectories, data_resolution
-    from .diffusion import PrefixEmbeddings, encode_prompts, per_sample_mse, prefixed_token_ids, seeded_generator
-    from .lora_training import TrainedWeights
+    from .diffusion import (TextConditioning, encode_prompts, encoder_prefixes, per_sample_mse, prefixed_token_ids,
+                            seeded_generator, text_encoders, token_ids)
+    from .lora_training import TrainedComponents, TrainedWeights
     from .training import fit, freeze
 
     accelerator, timer = session.accelerator, session.timer
     device = accelerator.device
-    unet, text_encoder, tokenizer = pipeline.unet, pipeline.text_encoder, pipeline.tokenizer
+    unet, encoders = pipeline.unet, text_encoders(pipeline)
     pipeline.to(device)
     resolution = data_resolution(pipeline, config)
     latent_shape = (unet.config.in_channels, resolution // pipeline.vae_scale_factor, resolution // pipeline.vae_scale_factor)
@@ -189,23 +194,27 @@ def erase_pipeline(pipeline, config: AdvUnlearnConfig, session) -> tuple[dict, d
                 cache_dir=config.cache_dir, stream=f"advunlearn-{name}")
     pipeline.vae.to("cpu")
 
-    trainable = [n for n, _ in text_encoder.named_parameters() if trains(n, config.train_layers)]
     freeze(unet)
-    trained = TrainedWeights(pipeline, "text_encoder", trainable, config)
+    components = ["text_encoder", "text_encoder_2"][:len(encoders)]
+    trainable = {name: [n for n, _ in getattr(pipeline, name).named_parameters() if trains(n, config.train_layers)]
+                 for name in components}
+    trained = TrainedComponents([TrainedWeights(pipeline, name, trainable[name], config) for name in components])
     optimizer = torch.optim.Adam(trained.parameters, lr=config.learning_rate)
-    model, optimizer = accelerator.prepare(text_encoder, optimizer)
+    model, optimizer = accelerator.prepare(TextConditioning(pipeline), optimizer)
     last_attack = _LastAttack()
     accelerator.register_for_checkpointing(last_attack)
-    word_embeddings = text_encoder.get_input_embeddings().weight
+    word_embeddings = [encoder.get_input_embeddings().weight for _, encoder in encoders]
     k, eta, gamma = config.attack_tokens, config.negative_guidance, config.retain_loss_weight
-    placeholder = tokenizer("a", add_special_tokens=False).input_ids[0]
-    # token ids per prompt, made once: plain, and with the attack's k placeholder positions
-    plain_ids = dict(zip(config.forget_prompts + config.retain_prompts,
-                         tokenizer(config.forget_prompts + config.retain_prompts, padding="max_length",
-                                   max_length=tokenizer.model_max_length, truncation=True,
-                                   return_tensors="pt").input_ids.to(device)))
-    attack_ids = dict(zip(config.forget_prompts, prefixed_token_ids(tokenizer, config.forget_prompts, k,
-                                                                    placeholder).to(device)))
+    # token ids per text encoder and prompt, made once: plain, and with the attack's k placeholder positions
+    prompts = config.forget_prompts + config.retain_prompts
+    plain_ids = [dict(zip(prompts, token_ids(tokenizer, prompts).to(device))) for tokenizer, _ in encoders]
+    attack_ids = [dict(zip(config.forget_prompts, prefixed_token_ids(
+        tokenizer, config.forget_prompts, k, tokenizer("a", add_special_tokens=False).input_ids[0]).to(device)))
+        for tokenizer, _ in encoders]
+
+    def ids_of(table, prompts):
+        """Each text encoder's token ids of `prompts` from `table` (plain_ids or attack_ids)."""
+        return [torch.stack([ids[p] for p in prompts]) for ids in table]
     rows = range(accelerator.process_index * config.batch_size, (accelerator.process_index + 1) * config.batch_size)
 
     def points(pool_name, keys, count, stop=None):
@@ -223,31 +232,37 @@ def erase_pipeline(pipeline, config: AdvUnlearnConfig, session) -> tuple[dict, d
         with torch.no_grad(), accelerator.autocast():
             return unet(z, t, torch.stack([frozen_embeddings[p] for p in prompts])).sample.float()
 
-    def attack(draw, prompts, prefix):
-        """Soft prefix tokens that bring the concept back for the current text encoder (official soft_prompt_attack)."""
-        encoder = accelerator.unwrap_model(model)
+    def attack(draw, prompts, prefixes):
+        """Soft prefix tokens that bring the concept back for the current text encoder(s) (official
+        soft_prompt_attack); SDXL: one prefix per encoder, in its own width, from the same words."""
+        conditioning = accelerator.unwrap_model(model)
         if config.attack_init == "latest" and last_attack.vectors is not None:
-            vectors = last_attack.vectors.to(device).clone()
+            vectors = [v.to(device).clone() for v in last_attack.vectors]
         else:
             g = seeded_generator(config.seed, "advunlearn-attack-init", draw)
-            vectors = word_embeddings.detach()[torch.randint(0, len(word_embeddings), (len(prompts) * k,),
-                                                             generator=g).to(device)].view(len(prompts), k, -1).clone()
-        vectors.requires_grad_(True)
-        attack_optimizer = torch.optim.Adam([vectors], lr=config.attack_learning_rate)
-        ids = torch.stack([attack_ids[p] for p in prompts])
+            words = torch.randint(0, min(len(table) for table in word_embeddings), (len(prompts) * k,),
+                                  generator=g).to(device)
+            vectors = [table.detach()[words].view(len(prompts), k, -1).clone() for table in word_embeddings]
+        for v in vectors:
+            v.requires_grad_(True)
+        attack_optimizer = torch.optim.Adam(vectors, lr=config.attack_learning_rate)
+        ids = ids_of(attack_ids, prompts)
         for a in range(config.attack_steps):
             z, t, _, _ = points("concept", (draw, "attack", a), len(prompts))
             target = frozen_prediction(z, t, prompts)
-            prefix.vectors = vectors
+            for prefix, v in zip(prefixes, vectors):
+                prefix.vectors = v
             with accelerator.autocast():
-                prediction = unet(z, t, encoder(ids)[0]).sample
+                prediction = unet(z, t, conditioning(ids)).sample
             loss = per_sample_mse(prediction, target).mean()
-            (gradient,) = torch.autograd.grad(loss, [vectors])
-            vectors.grad = gradient.sign() if config.attack_method == "fast_at" else gradient
+            gradients = torch.autograd.grad(loss, vectors)
+            for v, gradient in zip(vectors, gradients):
+                v.grad = gradient.sign() if config.attack_method == "fast_at" else gradient
             attack_optimizer.step()
-        prefix.vectors = None
-        last_attack.vectors = vectors.detach()
-        return vectors.detach()
+        for prefix in prefixes:
+            prefix.vectors = None
+        last_attack.vectors = [v.detach() for v in vectors]
+        return last_attack.vectors
 
     def compute_loss(step, micro):
         draw = step * config.gradient_accumulation_steps + micro
@@ -256,22 +271,23 @@ def erase_pipeline(pipeline, config: AdvUnlearnConfig, session) -> tuple[dict, d
                  for _ in range(config.batch_size * accelerator.num_processes)]
         prompts = [drawn[j] for j in rows]
         adversarial = step >= config.warmup_steps
-        with PrefixEmbeddings(accelerator.unwrap_model(model)) as prefix:
-            vectors = attack(draw, prompts, prefix) if adversarial else None
+        with encoder_prefixes(pipeline) as prefixes:
+            vectors = attack(draw, prompts, prefixes) if adversarial else [None] * len(prefixes)
             z, t, _, stop = points("concept", (draw, "erase", accelerator.process_index), len(prompts))
             e_anchor = frozen_prediction(z, t, [anchors[p] for p in prompts])
             target = e_anchor - eta * (frozen_prediction(z, t, prompts) - e_anchor)
-            prefix.vectors = vectors
-            ids = torch.stack([(attack_ids if adversarial else plain_ids)[p] for p in prompts])
+            for prefix, v in zip(prefixes, vectors):
+                prefix.vectors = v
             with accelerator.autocast():
-                prediction = unet(z, t, model(ids)[0]).sample
-            prefix.vectors = None
+                prediction = unet(z, t, model(ids_of(attack_ids if adversarial else plain_ids, prompts))).sample
+            for prefix in prefixes:
+                prefix.vectors = None
             forget_loss = per_sample_mse(prediction, target).mean()
             z_r, t_r, retain, _ = points("retain", (draw, "retain", accelerator.process_index),
                                          config.retain_batch_size, stop)
             retain_target = frozen_prediction(z_r, t_r, retain)
             with accelerator.autocast():
-                retain_prediction = unet(z_r, t_r, model(torch.stack([plain_ids[p] for p in retain]))[0]).sample
+                retain_prediction = unet(z_r, t_r, model(ids_of(plain_ids, retain))).sample
             retain_loss = per_sample_mse(retain_prediction, retain_target).mean()
         loss = forget_loss + gamma * retain_loss
         return loss, {"loss": loss.item(), "forget_loss": forget_loss.item(), "retain_loss": retain_loss.item()}
@@ -290,12 +306,15 @@ def erase_pipeline(pipeline, config: AdvUnlearnConfig, session) -> tuple[dict, d
         "steps": config.steps,
         "resumed_from_step": resumed_from,
         "final_losses": logs,
-        "trained_parameters": {"component": "text_encoder", "train_layers": config.train_layers,
-                               "tensors": len(trainable), "share": share},
-        "last_attack_tokens": _nearest_tokens(tokenizer, word_embeddings, last_attack.vectors),
+        "trained_parameters": {"components": components, "train_layers": config.train_layers,
+                               "tensors": sum(map(len, trainable.values())), "share": share},
+        "last_attack_tokens": _nearest_tokens(pipeline.tokenizer, word_embeddings[0], last_attack.vectors[0])
+                              if last_attack.vectors else None,  # SDXL: the first encoder's words
         "summary": [
-            ["trained parameters", f"text encoder, {TRAIN_LAYERS[config.train_layers]}: {len(trainable)} tensors, "
-                                   f"{share:.1%} of its weights; the UNet is unchanged"],
+            ["trained parameters", f"{' and '.join(c.replace('_', ' ') for c in components)}, "
+                                   f"{TRAIN_LAYERS[config.train_layers]}: {sum(map(len, trainable.values()))} tensors, "
+                                   f"{share:.1%} of {'their' if len(components) > 1 else 'its'} weights; the UNet is "
+                                   "unchanged"],
             ["objective", f"ESD negative guidance η = {eta} from "
                           f"{'the misaligned prompts' if config.misaligned_prompts else 'the empty prompt'} "
                           f"on the attacked prompt + γ = {gamma} × retain loss "
@@ -313,12 +332,10 @@ def erase_pipeline(pipeline, config: AdvUnlearnConfig, session) -> tuple[dict, d
     return record, trained.artifacts()
 
 
-def _nearest_tokens(tokenizer, word_embeddings, vectors) -> list[list[str]] | None:
+def _nearest_tokens(tokenizer, word_embeddings, vectors) -> list[list[str]]:
     """The vocabulary words nearest (cosine) to the last attack's soft tokens: what the attack had found."""
     import torch
 
-    if vectors is None:
-        return None
     similarity = torch.nn.functional.cosine_similarity(vectors.flatten(0, 1)[:, None].cpu().float(),
                                                        word_embeddings.detach().cpu().float()[None], dim=-1)
     ids = similarity.argmax(1).view(vectors.shape[0], vectors.shape[1])

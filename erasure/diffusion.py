@@ -1,7 +1,7 @@
 """Noise, timesteps and text embeddings: the diffusion primitives every method shares."""
 
 import hashlib
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -92,6 +92,20 @@ def unet_conditioning(pipeline, ids_per_encoder: list[torch.Tensor]) -> torch.Te
     time_ids = pooled.new_tensor([size, size, 0.0, 0.0, size, size]).expand(len(pooled), -1)
     row = torch.cat([pooled, time_ids, pooled.new_zeros(len(pooled), hidden.shape[-1] - pooled.shape[-1] - 6)], -1)
     return torch.cat([hidden, row[:, None]], 1)
+
+
+class TextConditioning(torch.nn.Module):
+    """The pipeline's text encoder(s) as one module whose forward is `unet_conditioning`: what a method
+    that trains the text encoders (AdvUnlearn) hands to accelerate, so that its calls run through the
+    prepared (multi-process) wrapper whichever encoders the family has."""
+
+    def __init__(self, pipeline):
+        super().__init__()
+        self.encoders = torch.nn.ModuleList(encoder for _, encoder in text_encoders(pipeline))
+        self.pipeline = pipeline
+
+    def forward(self, ids_per_encoder: list[torch.Tensor]) -> torch.Tensor:
+        return unet_conditioning(self.pipeline, ids_per_encoder)
 
 
 @torch.no_grad()
@@ -192,6 +206,14 @@ class PrefixEmbeddings:
             return output
         k = self.vectors.shape[-2]  # vectors: (k, width), or (batch, k, width) for one prefix per prompt
         return torch.cat([output[:, :1], self.vectors.to(output.dtype).expand(len(output), -1, -1), output[:, 1 + k:]], 1)
+
+
+@contextmanager
+def encoder_prefixes(pipeline):
+    """A PrefixEmbeddings on each of the pipeline's text encoders (SDXL: both), active together; set
+    each one's `vectors` in its own encoder's width."""
+    with ExitStack() as active:
+        yield [active.enter_context(PrefixEmbeddings(encoder)) for _, encoder in text_encoders(pipeline)]
 
 
 def prefixed_token_ids(tokenizer, prompts: list[str], k: int, placeholder: int) -> torch.Tensor:

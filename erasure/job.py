@@ -150,7 +150,7 @@ def _until_erased(method, pipeline, config, check, session: Session) -> tuple[di
 
     accelerator = session.accelerator
     start = {name: {k: v.detach().to("cpu", copy=True) for k, v in getattr(pipeline, name).state_dict().items()}
-             for name in ("unet", "text_encoder")}
+             for name in ("unet", "text_encoder", "text_encoder_2") if getattr(pipeline, name, None) is not None}
     log_file = os.path.join(session.work_dir, "rounds.json") if session.work_dir else None
     finished = []
     if log_file and os.path.isfile(log_file):

@@ -27,6 +27,12 @@ from .errors import EraseError, shorten
 from .folders import LORA_FILE, weight_files
 
 EXACT_TOLERANCE = 1e-5  # singular values below this share of the largest are float32 rounding of the edit
+LORA_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")  # what diffusers' LoRA files hold (text_encoder_2: SDXL)
+
+
+def lora_components(pipeline) -> list[str]:
+    """The components of `pipeline` a LoRA file can hold."""
+    return [c for c in LORA_COMPONENTS if getattr(pipeline, c, None) is not None]
 
 
 def lora_factors(delta: torch.Tensor, rank: int | None) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -51,7 +57,7 @@ def factor_error(delta: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> float
 
 def erased_delta_as_lora(pipeline, base_path: str, changed: dict[str, list[str]],
                          rank: int | None = None, trained: dict | None = None) -> tuple[dict, dict]:
-    """Per component ("unet", "text_encoder"), the LoRA state dict of the `changed` tensors (by
+    """Per component ("unet", "text_encoder", SDXL's "text_encoder_2"), the LoRA state dict of the `changed` tensors (by
     component, as model_io.changed_weights finds them) against the base model's safetensors files;
     and the record: rank and error per layer, sizes, what a LoRA cannot hold. `trained` holds a
     trained LoRA's factors per component (`adapter lora`): a layer that has them keeps them, its
@@ -61,7 +67,7 @@ def erased_delta_as_lora(pipeline, base_path: str, changed: dict[str, list[str]]
     trained = trained or {}
     layers, record = {}, {"rank": rank, "layers": {}, "not_in_adapter": [], "adapter_bytes": 0, "dense_bytes": 0,
                           "trained": bool(trained)}
-    for component in ("unet", "text_encoder"):
+    for component in lora_components(pipeline):
         model = getattr(pipeline, component)
         state, lora, wanted = model.state_dict(), {}, set(changed.get(component, ()))
         factors = trained.get(component, {})
@@ -96,11 +102,9 @@ def erased_delta_as_lora(pipeline, base_path: str, changed: dict[str, list[str]]
 def save_lora(pipeline, base_path: str, folder: str, changed: dict[str, list[str]], rank: int | None = None,
               trained: dict | None = None) -> dict:
     """Write `folder`/pytorch_lora_weights.safetensors for the erasure held by `pipeline`; its record."""
-    from diffusers import StableDiffusionPipeline
-
     layers, record = erased_delta_as_lora(pipeline, base_path, changed, rank, trained)
-    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers.get("unet"),
-                                              text_encoder_lora_layers=layers.get("text_encoder"))
+    # the pipeline class's own writer: SDXL's takes the second text encoder's layers too
+    type(pipeline).save_lora_weights(folder, **{f"{c}_lora_layers": layers.get(c) for c in lora_components(pipeline)})
     record["file"] = LORA_FILE
     return record
 
@@ -119,7 +123,7 @@ def check_adapter_fits(adapter: str, model_path: str, model_name: str) -> dict:
     made_on = record["base_model"]["id"]
     with safe_open(file, framework="pt") as lora:
         factors = {key: lora.get_slice(key).get_shape() for key in lora.keys()}
-    for component in ("unet", "text_encoder"):
+    for component in LORA_COMPONENTS:
         shapes = {}
         for file in weight_files(os.path.join(model_path, component)):
             with safe_open(file, framework="pt") as weights:

@@ -118,10 +118,39 @@ class TrainedWeights:
 
     def add_to(self, record: dict, config) -> None:
         """Say in a method's erasure.json record what trained: `adapter`, and with a LoRA a summary row."""
-        record["adapter"] = {"kind": "lora" if self.lora else "full", "trained_entries": self.entries}
-        if self.lora:
-            record["adapter"] |= {"layers": len(self.layers), "share_of_module": self.entries / self.module_entries}
-            record.setdefault("summary", []).append(
-                ["adapter", f"a rank-{config.lora_rank} LoRA (alpha {config.lora_alpha:g}) on {len(self.layers)} "
-                            f"{self.component} layers, trained in place of their weights: {self.entries:,} entries, "
-                            f"{self.entries / self.module_entries:.2%} of the {self.component}'s"])
+        record_training(record, config, [self])
+
+
+class TrainedComponents:
+    """TrainedWeights of several pipeline components trained as one (AdvUnlearn on SDXL: both text
+    encoders): one list of parameters for one optimizer; `finish`, `artifacts` and the record cover all."""
+
+    def __init__(self, parts: list[TrainedWeights]):
+        self.parts, self.lora = parts, parts[0].lora
+        self.parameters = [p for part in parts for p in part.parameters]
+        self.scope_share = sum(part.scope_entries for part in parts) / sum(part.module_entries for part in parts)
+
+    def finish(self) -> None:
+        for part in self.parts:
+            part.finish()
+
+    def artifacts(self) -> dict:
+        return {"lora_layers": {c: f for part in self.parts for c, f in part.factors.items()}} if self.lora else {}
+
+    def add_to(self, record: dict, config) -> None:
+        record_training(record, config, self.parts)
+
+
+def record_training(record: dict, config, parts: list[TrainedWeights]) -> None:
+    """erasure.json's `adapter` for what `parts` trained, and with a LoRA a summary row per component."""
+    entries, lora = sum(part.entries for part in parts), parts[0].lora
+    record["adapter"] = {"kind": "lora" if lora else "full", "trained_entries": entries}
+    if not lora:
+        return
+    record["adapter"] |= {"layers": sum(len(part.layers) for part in parts),
+                          "share_of_module": entries / sum(part.module_entries for part in parts)}
+    for part in parts:
+        record.setdefault("summary", []).append(
+            ["adapter", f"a rank-{config.lora_rank} LoRA (alpha {config.lora_alpha:g}) on {len(part.layers)} "
+                        f"{part.component} layers, trained in place of their weights: {part.entries:,} entries, "
+                        f"{part.entries / part.module_entries:.2%} of the {part.component}'s"])

@@ -23,7 +23,6 @@ shapes world's judge, NudeNet (nudity), the user's image classifier (objects and
 import json
 import os
 import time
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 
 import torch
@@ -32,7 +31,7 @@ from diffusers import DDPMScheduler
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from ..erasure.diffusion import (PrefixEmbeddings, prediction_target, prefixed_token_ids, sdxl_conditions,
+from ..erasure.diffusion import (encoder_prefixes, prediction_target, prefixed_token_ids, sdxl_conditions,
                                  seeded_generator, text_encoders, unet_conditioning)
 from ..erasure.errors import EraseError
 from ..erasure.folders import OutputFolder, differing_keys
@@ -103,9 +102,7 @@ def attack_prompt(pipeline, prompt: str, target_latents: torch.Tensor, candidate
     result = {"prompt": prompt, "success": False, "steps": 0}
     for p in (*(q for _, encoder in encoders for q in encoder.parameters()), *unet.parameters()):
         p.requires_grad_(False)
-    with ExitStack() as active:
-        prefixes = [active.enter_context(PrefixEmbeddings(encoder)) for _, encoder in encoders]
-        active.enter_context(sdxl_conditions(pipeline))
+    with encoder_prefixes(pipeline) as prefixes, sdxl_conditions(pipeline):
         for step in range(1, settings.steps + 1):
             hard = F.one_hot(relaxed.argmax(1), len(candidates)).float()
             for prefix, vocabulary in zip(prefixes, vocabularies):

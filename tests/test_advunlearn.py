@@ -59,7 +59,7 @@ def test_only_the_text_encoder_changes_and_an_interrupted_run_resumes_exactly(ti
     record = json.loads((whole / "erasure.json").read_text())
     assert record["changed"]["unet"]["entries"] == 0 and record["changed"]["vae"]["entries"] == 0
     assert record["changed"]["text_encoder"]["entries"] > 0
-    assert record["trained_parameters"]["component"] == "text_encoder"
+    assert record["trained_parameters"]["components"] == ["text_encoder"]
     # official defaults where nothing else is given: the concept as the prompt, COCO objects as retain set
     assert record["prompts"]["forget"] == ["a cat"] and record["retain_prompt_count"] == 79
     assert not any("cat" in p for p in record["prompts"]["retain"]) and record["hyperparameters"]["retain_loss_weight"] == 0.5
