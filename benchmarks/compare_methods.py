@@ -66,11 +66,12 @@ ATTACK_KEYS = ("pre_attack_asr", "asr", "concept_rate_attacked", "random_control
 CALIBRATION_KEYS = ("calibration_asr", "calibration_concept_rate")
 
 
-def attack_output(output: str, concept: str, work: str, name: str, calibrate: bool) -> dict:
-    """`sd-erase attack` with its defaults on an erase output: the metrics the table reports."""
+def attack_output(output: str, concept: str, work: str, name: str, base: str, calibrate: bool) -> dict:
+    """`sd-erase attack` with its defaults on an erase output of `base` (its targets and calibration
+    come from that model): the metrics the table reports."""
     from sd_erasure.evaluation.attack import ShapesAttack, run_attack
 
-    metrics = run_attack(ShapesAttack(concept), output, os.path.join(work, f"attack-{name}"), "shapes",
+    metrics = run_attack(ShapesAttack(concept), output, os.path.join(work, f"attack-{name}"), base,
                          calibrate=calibrate, show_progress=False)
     keys = ATTACK_KEYS + (CALIBRATION_KEYS if calibrate else ())
     return {"settings": metrics["settings"], **{k: metrics[k] for k in keys}}
@@ -139,7 +140,7 @@ def main(argv=None) -> list[dict]:
                 }
                 if args.attack:
                     row["attack"] = attack_output(os.path.join(work, f"{method}-{concept}"), concept, work,
-                                                  f"{method}-{concept}", calibrate=calibration is None)
+                                                  f"{method}-{concept}", args.model, calibrate=calibration is None)
                     calibration = calibration or {k: row["attack"][k] for k in CALIBRATION_KEYS}
                     row["attack"].update(calibration)
                 rows.append(row)
