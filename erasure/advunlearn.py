@@ -34,8 +34,9 @@ per step, γ = 0.3 for nudity and 0.5 for objects and styles, the retain prompts
 {COCO object}" (`coco_object`). The 64 cached trajectories per set are this project's choice.
 The forget prompt is the concept itself, as the official `--prompt nudity`.
 
-SDXL (no official code: it is SD 1.4 only): both text encoders train, the same layers of each (not
-the second one's pooled projection), because the UNet reads both encoders' token states and the
+SDXL (no official code: it is SD 1.4 only): both text encoders train, the same layers of each as far
+as the UNet reads them (the first encoder's last layer and final norm do not reach it: SDXL takes
+its penultimate layer; the second one's pooled projection is kept), because the UNet reads both encoders' token states and the
 second one's pooled embedding, and a typed attack enters both: an untrained encoder would be a way
 back for the concept. The attack is one soft prefix per encoder, started from the same vocabulary
 words, each in its encoder's width, optimised together.
@@ -67,10 +68,15 @@ TRAIN_LAYERS = {
 }
 
 
-def trains(name: str, train_layers: str) -> bool:
+def trains(name: str, train_layers: str, layers_read: int | None = None) -> bool:
     """Whether AdvUnlearn fine-tunes the text encoder parameter `name` (CLIPTextModel names, with or
-    without the `text_model.` prefix that transformers 4 puts before them)."""
+    without the `text_model.` prefix that transformers 4 puts before them). `layers_read`: how many
+    transformer layers the UNet's conditioning reads where it stops before the last (SDXL's first
+    encoder, read at its penultimate layer): later layers and the final norm never reach the UNet."""
     name = name.removeprefix("text_model.")
+    if layers_read is not None and (name.startswith("final_layer_norm.") or (
+            name.startswith("encoder.layers.") and int(name.split(".")[2]) >= layers_read)):
+        return False
     if train_layers == "all":
         return name.startswith(("encoder.", "final_layer_norm."))
     if train_layers == "first":
@@ -196,8 +202,10 @@ def erase_pipeline(pipeline, config: AdvUnlearnConfig, session) -> tuple[dict, d
 
     freeze(unet)
     components = ["text_encoder", "text_encoder_2"][:len(encoders)]
-    trainable = {name: [n for n, _ in getattr(pipeline, name).named_parameters() if trains(n, config.train_layers)]
-                 for name in components}
+    # SDXL reads the first encoder's penultimate layer; the second's last layer reaches the pooled embedding
+    layers_read = {"text_encoder": pipeline.text_encoder.config.num_hidden_layers - 1} if len(encoders) > 1 else {}
+    trainable = {name: [n for n, _ in getattr(pipeline, name).named_parameters()
+                        if trains(n, config.train_layers, layers_read.get(name))] for name in components}
     trained = TrainedComponents([TrainedWeights(pipeline, name, trainable[name], config) for name in components])
     optimizer = torch.optim.Adam(trained.parameters, lr=config.learning_rate)
     model, optimizer = accelerator.prepare(TextConditioning(pipeline), optimizer)

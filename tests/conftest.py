@@ -19,6 +19,8 @@ from safetensors.torch import load_file  # noqa: E402
 
 torch.set_num_threads(2)
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout: PYTHONPATH of subprocesses
+
 # Small enough for seconds on 2 CPU cores, large enough that the mask and losses are real; the
 # self-check on 4 images (a random-weight model gives it nothing to tell either way).
 FAST = ["--num-images", "16", "--synthesis-steps", "4", "--steps", "6", "--batch-size", "4", "--self-check-images", "4"]

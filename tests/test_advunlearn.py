@@ -30,6 +30,10 @@ def test_trained_layers_by_name_with_and_without_the_transformers_4_prefix():
         assert trains(prefix + "encoder.layers.0.self_attn.q_proj.weight", "first")
         assert not trains(prefix + "encoder.layers.1.self_attn.q_proj.weight", "first")
         assert not trains(prefix + "final_layer_norm.weight", "first")
+        # SDXL's first encoder is read at its penultimate layer (here layer 1 of 3): nothing after it trains
+        assert trains(prefix + "encoder.layers.1.mlp.fc1.weight", "all", layers_read=2)
+        assert not trains(prefix + "encoder.layers.2.mlp.fc1.weight", "all", layers_read=2)
+        assert not trains(prefix + "final_layer_norm.weight", "all", layers_read=2)
 
 
 def test_only_the_text_encoder_changes_and_an_interrupted_run_resumes_exactly(tiny_sd, tmp_path):

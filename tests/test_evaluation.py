@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
+from conftest import REPO
 from sd_erasure.evaluation.generate import GenerationSettings, generate_images
 from sd_erasure.evaluation.nudity import detect_nudity, summarize_nudity
 from sd_erasure.evaluation.prompt_sets import BUILTIN, PROMPT_DIR, load_prompts
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = GenerationSettings(num_inference_steps=2, batch_size=3)
 
 

@@ -7,11 +7,10 @@ import sys
 
 import pytest
 
-from conftest import FAST, erase_cli
+from conftest import FAST, REPO, erase_cli
 from hub_endpoint import HubEndpoint
 
 TOKEN = "hf_testtoken_DoNotLeak_1234567890"
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def sd_erase(*args, endpoint=None, token=TOKEN):

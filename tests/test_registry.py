@@ -14,13 +14,12 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from conftest import unet_weights
+from conftest import REPO, unet_weights
 
 from sd_erasure import EraseConfig, erase, register_method
 from sd_erasure.erasure.config import option
 from sd_erasure.erasure.registry import unregister
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass

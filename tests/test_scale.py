@@ -10,9 +10,8 @@ from safetensors.torch import load_file
 
 from sd_erasure.erasure.masked_adam import MaskedAdam
 
-from conftest import unet_weights
+from conftest import REPO, unet_weights
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _steps(optimizer, param, gradients, mask=None):

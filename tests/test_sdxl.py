@@ -9,11 +9,14 @@ as its typed text would. On the bundled SDXL-architecture shapes model,
 UCE erases circle for the judge and `sd-erase attack` runs on the result."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import SMOKE_CHECK, SMOKE_RUNS, assert_resume_reproduces, changed_components, erase_cli
+from conftest import REPO, SMOKE_CHECK, SMOKE_RUNS, assert_resume_reproduces, changed_components, erase_cli
 from sd_erasure import methods
 
 WEIGHTS = {"unet": "unet/diffusion_pytorch_model.safetensors", "text_encoder": "text_encoder/model.safetensors",
@@ -122,16 +125,22 @@ def test_uce_lora_export_loads_onto_the_sdxl_base_as_the_erased_weights(sdxl, sd
     assert max(float((fused[k] - erased[k]).abs().max()) for k in erased) < 1e-6
 
 
-def test_advunlearn_trains_both_text_encoders_as_a_lora_that_plain_sdxl_loads(sdxl, tmp_path):
-    """AdvUnlearn on SDXL with a LoRA (`--adapter lora --output-format both`): both text encoders
-    change, the UNet does not, and the adapter file, loaded onto the base with plain
-    `load_lora_weights` and fused, gives the written pipeline's weights of both encoders."""
+def test_advunlearn_trains_both_text_encoders_as_a_lora_on_two_processes_that_plain_sdxl_loads(sdxl, tmp_path):
+    """AdvUnlearn on SDXL with a LoRA (`--adapter lora --output-format both`), on 2 CPU processes
+    (torchrun, gloo: DDP needs a gradient for every trained tensor, so only what reaches the UNet
+    trains): both text encoders change, the UNet does not, and the adapter file, loaded onto the base
+    with plain `load_lora_weights` and fused, gives the written pipeline's weights of both encoders."""
     from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
 
     args, _ = SMOKE_RUNS["advunlearn"]
     out = tmp_path / "out"
-    assert erase_cli("--model", sdxl, "--concept", "a cat", "--output", out, "--method", "advunlearn", *args,
-                     "--warmup-steps", "1", "--attack-steps", "2", "--adapter", "lora", "--output-format", "both") == 0
+    env = {**os.environ, "PYTHONPATH": REPO, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+                          "sd_erasure.erasure.cli", "erase", "--model", str(sdxl), "--concept", "a cat", "--output",
+                          str(out), "--method", "advunlearn", *args, "--warmup-steps", "1",
+                          "--attack-steps", "2", "--adapter", "lora", "--output-format", "both"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-8000:]
     written = DiffusionPipeline.from_pretrained(str(out))
     assert type(written).__name__ == "StableDiffusionXLPipeline"
     assert changed_components(sdxl, out, WEIGHTS) == {"text_encoder", "text_encoder_2"}
@@ -143,7 +152,7 @@ def test_advunlearn_trains_both_text_encoders_as_a_lora_that_plain_sdxl_loads(sd
         fused, erased = getattr(pipe, component).state_dict(), getattr(written, component).state_dict()
         assert max(float((fused[k] - erased[k]).abs().max()) for k in erased) < 1e-6, component
     record = json.loads((out / "erasure.json").read_text())
-    assert record["trained_parameters"]["components"] == ["text_encoder", "text_encoder_2"]
+    assert record["trained_parameters"]["components"] == ["text_encoder", "text_encoder_2"] and record["processes"] == 2
 
 
 def test_resumed_sdxl_run_gives_the_uninterrupted_weights(sdxl, tmp_path):
