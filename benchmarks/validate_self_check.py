@@ -64,7 +64,6 @@ def main(argv=None) -> list[dict]:
                        "device": device_name(), "concept": concept, "setting": setting, "method": method, "flags": flags,
                        "check_erased": check["erased"], "margin_remaining": check["margin_remaining"],
                        "retain_drift": check["retain_drift"], "check_retained": check["retain_kept"],
-                       "retain_specificity_kept": check["retain_specificity_kept"],
                        "judge_erased": erased["UA"] >= UA_ERASED, "judge_retained": judge_retained,
                        "UA": erased["UA"], "IRA": erased["IRA"], "CRA": erased["CRA"],
                        "base": {k: base[k] for k in ("UA", "IRA", "CRA")}, "erase_seconds": round(wall, 1),

@@ -27,12 +27,6 @@ too). The erased model's own anchor error is recorded, not used.
 Retain drift: the relative change, erased vs base, of the denoising error of held-out images of
 the retain prompts under their own prompts: what the erasure cost elsewhere.
 
-Retain specificity (recorded, not yet part of the verdict): how much better each retain image's own
-prompt explains it than RETAIN_CONFUSERS other retain prompts do (their error minus its own, spread
-over the retain list), erased vs base. A method that trains on the retain prompts lowers their own
-error without keeping them apart, and one that raises every error evenly moves no difference: the
-retain drift misreads both (README, "Does the check agree with the judge").
-
 The same latents, noise and timesteps serve both models, so the comparison is paired and the
 numbers are deterministic for a seed. The thresholds below were set against the shapes world's
 judge (README, "Does the check agree with the judge").
@@ -55,18 +49,6 @@ MIN_LEVEL_SHARE = 0.05  # a timestep whose base margin is below this share of th
 RETAIN_BUDGET = 0.10  # retain drift within which the rest of the model counts as kept
 TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)  # shares of the training schedule at which every image is noised
 EXIT_NOT_ERASED = 3  # `sd-erase erase` exits with this when the check finds the concept still there
-RETAIN_CONFUSERS = 2  # other retain prompts each retain image is scored under, for the retain specificity
-
-
-def confusers(prompts: list[str], retain: list[str], count: int = RETAIN_CONFUSERS) -> list[list[str]]:
-    """For each of `count` sets, one other prompt of the `retain` list per prompt of `prompts`, at
-    offsets spread over the list (its neighbours are often synonyms: "a red square", "a crimson
-    square"). Empty when the list has a single prompt."""
-    n = len(retain)
-    if n < 2:
-        return []
-    offsets = sorted({min(max(j * n // (count + 1), 1), n - 1) for j in range(1, count + 1)})
-    return [[retain[(retain.index(p) + offset) % n] for p in prompts] for offset in offsets]
 
 
 @dataclass
@@ -185,10 +167,8 @@ class SelfCheck:
         by_level = {**self._mean_errors(pipeline.unet, embeddings_at, self.concept.latents, {
             "concept_prompt": self.concept.prompts, "anchor_prompt": self.anchors,
             "empty_prompt": [""] * len(self.anchors)}, "concept"),
-            **self._mean_errors(pipeline.unet, embeddings_at, self.retain.latents, {
-                "retain": self.retain.prompts, **{f"retain_confuser_{j}": prompts for j, prompts in
-                                                  enumerate(confusers(self.retain.prompts, self.prompts.retain))}},
-                "retain")}
+            **self._mean_errors(pipeline.unet, embeddings_at, self.retain.latents, {"retain": self.retain.prompts},
+                                "retain")}
         return {**{key: sum(levels) for key, levels in by_level.items()}, "by_level": by_level}
 
     def remaining_by_level(self, erased: dict) -> list[float | None]:
@@ -217,14 +197,11 @@ class SelfCheck:
             if worst[0] > remaining:
                 remaining, worst_level = worst
         drift = erased["retain"] / self.base["retain"] - 1
-        specificity = {"base": _specificity(self.base), "erased": _specificity(erased)}
         return {
             "erased": remaining is not None and remaining <= MAX_REMAINING,
             "concept_margin": margins, "margin_remaining": remaining, "margin_remaining_by_level": by_level,
             "worst_level": worst_level,
             "retain_drift": drift, "retain_kept": drift <= RETAIN_BUDGET,
-            "retain_specificity": specificity,
-            "retain_specificity_kept": specificity["erased"] / specificity["base"] if specificity["base"] else None,
             "thresholds": {"max_margin_remaining": MAX_REMAINING, "min_base_margin": MIN_BASE_MARGIN,
                            "min_level_share": MIN_LEVEL_SHARE,
                            "retain_budget": RETAIN_BUDGET},
@@ -257,12 +234,6 @@ class ConceptsCheck:
         drift = max(v["retain_drift"] for v in per_concept.values())
         return {**per_concept[worst], "worst_concept": worst, "erased": all(v["erased"] for v in per_concept.values()),
                 "retain_drift": drift, "retain_kept": drift <= RETAIN_BUDGET, "per_concept": per_concept}
-
-
-def _specificity(errors: dict) -> float:
-    """Mean, over the confuser sets, of their error minus the retain prompts' own (summed over the levels)."""
-    sets = [key for key in errors if key.startswith("retain_confuser_")]
-    return sum(errors[key] - errors["retain"] for key in sets) / len(sets) if sets else 0.0
 
 
 def describe(check: dict, config=None) -> str:

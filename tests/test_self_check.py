@@ -45,16 +45,6 @@ def test_next_round_follows_the_evidence():
     assert next_round(esd, verdict(None), {}) is None  # the check cannot tell: nothing to adapt to
 
 
-def test_retain_confusers_are_other_retain_prompts_spread_over_the_list():
-    from sd_erasure.erasure.self_check import confusers
-
-    retain = [f"prompt {i}" for i in range(9)]
-    sets = confusers(retain, retain)
-    assert len(sets) == 2 and all(c != p for s in sets for c, p in zip(s, retain))
-    assert sets[0][0] == "prompt 3" and sets[1][0] == "prompt 6"  # a third of the list apart, not the neighbour
-    assert confusers(["a cat"], ["a cat"]) == []  # one retain prompt: nothing to tell it from
-
-
 def test_check_prompts_come_from_the_config_then_the_profile_then_the_preset(tmp_path):
     profile_file = tmp_path / "sd_erasure_profile.json"
     profile_file.write_text(json.dumps({"concepts": {"dog": {"forget_prompts": ["a dog"], "misaligned_prompts": ["a cat"],

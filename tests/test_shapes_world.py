@@ -123,8 +123,6 @@ def test_an_erase_that_changes_nothing_says_not_erased_and_exits_3(tmp_path, cap
     assert code == EXIT_NOT_ERASED == 3 and last.startswith("NOT erased: concept margin") and "--learning-rate" in last
     check = json.loads((out / "erasure.json").read_text())["self_check"]  # the output is still written
     assert check["erased"] is False and check["margin_remaining"] == pytest.approx(1.0)
-    # the retain prompts tell their images apart on the base model, and nothing changed that
-    assert check["retain_specificity"]["base"] > 0 and check["retain_specificity_kept"] == pytest.approx(1.0)
     weights = "unet/diffusion_pytorch_model.safetensors"
     base, kept = load_file(os.path.join(BUNDLED_MODELS["shapes"], weights)), load_file(out / weights)
     assert all(torch.equal(base[k], kept[k]) for k in base)
