@@ -36,10 +36,10 @@ The forget prompt is the concept itself, as the official `--prompt nudity`.
 
 SDXL (no official code: it is SD 1.4 only): both text encoders train, the same layers of each as far
 as the UNet reads them (the first encoder's last layer and final norm do not reach it: SDXL takes
-its penultimate layer; the second one's pooled projection is kept), because the UNet reads both encoders' token states and the
-second one's pooled embedding, and a typed attack enters both: an untrained encoder would be a way
-back for the concept. The attack is one soft prefix per encoder, started from the same vocabulary
-words, each in its encoder's width, optimised together.
+its penultimate layer; the second one's pooled projection is kept), because the UNet reads both
+encoders' token states and the second one's pooled embedding, and a typed attack enters both: an
+untrained encoder would be a way back for the concept. The attack is one soft prefix per encoder,
+started from the same vocabulary words, each in its encoder's width, optimised together.
 
 The output is a stock pipeline whose text encoder(s) changed and whose UNet is bit-identical; its
 `text_encoder/` folder is what AdvUnlearn publishes (`CLIPTextModel.from_pretrained(OUT,
@@ -223,6 +223,7 @@ def erase_pipeline(pipeline, config: AdvUnlearnConfig, session) -> tuple[dict, d
     def ids_of(table, prompts):
         """Each text encoder's token ids of `prompts` from `table` (plain_ids or attack_ids)."""
         return [torch.stack([ids[p] for p in prompts]) for ids in table]
+
     rows = range(accelerator.process_index * config.batch_size, (accelerator.process_index + 1) * config.batch_size)
 
     def points(pool_name, keys, count, stop=None):

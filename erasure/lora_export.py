@@ -57,9 +57,9 @@ def factor_error(delta: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> float
 
 def erased_delta_as_lora(pipeline, base_path: str, changed: dict[str, list[str]],
                          rank: int | None = None, trained: dict | None = None) -> tuple[dict, dict]:
-    """Per component ("unet", "text_encoder", SDXL's "text_encoder_2"), the LoRA state dict of the `changed` tensors (by
-    component, as model_io.changed_weights finds them) against the base model's safetensors files;
-    and the record: rank and error per layer, sizes, what a LoRA cannot hold. `trained` holds a
+    """Per component ("unet", "text_encoder", SDXL's "text_encoder_2"), the LoRA state dict of the
+    `changed` tensors (by component, as model_io.changed_weights finds them) against the base model's
+    safetensors files; and the record: rank and error per layer, sizes, what a LoRA cannot hold. `trained` holds a
     trained LoRA's factors per component (`adapter lora`): a layer that has them keeps them, its
     errors measured against the delta as for a factorised one."""
     from safetensors import safe_open
