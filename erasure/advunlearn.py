@@ -176,6 +176,8 @@ def erase_pipeline(pipeline, config: AdvUnlearnConfig, session) -> tuple[dict, d
     from .diffusion import (TextConditioning, encode_prompts, encoder_prefixes, per_sample_mse, prefixed_token_ids,
                             seeded_generator, text_encoders, token_ids)
     from .lora_training import TrainedComponents, TrainedWeights
+    from .folders import TRAINABLE_COMPONENTS
+    from .model_io import weight_components
     from .training import fit, freeze
 
     accelerator, timer = session.accelerator, session.timer
@@ -201,11 +203,12 @@ def erase_pipeline(pipeline, config: AdvUnlearnConfig, session) -> tuple[dict, d
     pipeline.vae.to("cpu")
 
     freeze(unet)
-    components = ["text_encoder", "text_encoder_2"][:len(encoders)]
+    components = [c for c in weight_components(pipeline, TRAINABLE_COMPONENTS) if c != "unet"]  # as text_encoders'
     # SDXL reads the first encoder's penultimate layer; the second's last layer reaches the pooled embedding
     layers_read = {"text_encoder": pipeline.text_encoder.config.num_hidden_layers - 1} if len(encoders) > 1 else {}
     trainable = {name: [n for n, _ in getattr(pipeline, name).named_parameters()
                         if trains(n, config.train_layers, layers_read.get(name))] for name in components}
+    tensors = sum(map(len, trainable.values()))
     trained = TrainedComponents([TrainedWeights(pipeline, name, trainable[name], config) for name in components])
     optimizer = torch.optim.Adam(trained.parameters, lr=config.learning_rate)
     model, optimizer = accelerator.prepare(TextConditioning(pipeline), optimizer)
@@ -316,12 +319,12 @@ def erase_pipeline(pipeline, config: AdvUnlearnConfig, session) -> tuple[dict, d
         "resumed_from_step": resumed_from,
         "final_losses": logs,
         "trained_parameters": {"components": components, "train_layers": config.train_layers,
-                               "tensors": sum(map(len, trainable.values())), "share": share},
+                               "tensors": tensors, "share": share},
         "last_attack_tokens": _nearest_tokens(pipeline.tokenizer, word_embeddings[0], last_attack.vectors[0])
                               if last_attack.vectors else None,  # SDXL: the first encoder's words
         "summary": [
             ["trained parameters", f"{' and '.join(c.replace('_', ' ') for c in components)}, "
-                                   f"{TRAIN_LAYERS[config.train_layers]}: {sum(map(len, trainable.values()))} tensors, "
+                                   f"{TRAIN_LAYERS[config.train_layers]}: {tensors} tensors, "
                                    f"{share:.1%} of {'their' if len(components) > 1 else 'its'} weights; the UNet is "
                                    "unchanged"],
             ["objective", f"ESD negative guidance η = {eta} from "

@@ -19,6 +19,7 @@ from .profile import ModelProfile
 
 SD_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 SDXL_COMPONENTS = (*SD_COMPONENTS, "text_encoder_2", "tokenizer_2")
+TRAINABLE_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")  # what methods change, and LoRA files hold
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 BUNDLED_MODELS: dict[str, str] = {}  # name `--model` takes -> folder inside the installed package
 

@@ -146,11 +146,13 @@ def _until_erased(method, pipeline, config, check, session: Session) -> tuple[di
     decisions and continues the round it was in. The main process's verdict decides for all."""
     from accelerate.utils import broadcast_object_list
 
+    from .folders import TRAINABLE_COMPONENTS
+    from .model_io import weight_components
     from .self_check import describe, next_round, passed
 
     accelerator = session.accelerator
-    start = {name: {k: v.detach().to("cpu", copy=True) for k, v in getattr(pipeline, name).state_dict().items()}
-             for name in ("unet", "text_encoder", "text_encoder_2") if getattr(pipeline, name, None) is not None}
+    start = {name: {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+             for name, model in weight_components(pipeline, TRAINABLE_COMPONENTS).items()}
     log_file = os.path.join(session.work_dir, "rounds.json") if session.work_dir else None
     finished = []
     if log_file and os.path.isfile(log_file):

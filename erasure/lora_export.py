@@ -24,15 +24,9 @@ import os
 import torch
 
 from .errors import EraseError, shorten
-from .folders import LORA_FILE, weight_files
+from .folders import LORA_FILE, TRAINABLE_COMPONENTS, weight_files
 
 EXACT_TOLERANCE = 1e-5  # singular values below this share of the largest are float32 rounding of the edit
-LORA_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")  # what diffusers' LoRA files hold (text_encoder_2: SDXL)
-
-
-def lora_components(pipeline) -> list[str]:
-    """The components of `pipeline` a LoRA file can hold."""
-    return [c for c in LORA_COMPONENTS if getattr(pipeline, c, None) is not None]
 
 
 def lora_factors(delta: torch.Tensor, rank: int | None) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -64,11 +58,12 @@ def erased_delta_as_lora(pipeline, base_path: str, changed: dict[str, list[str]]
     errors measured against the delta as for a factorised one."""
     from safetensors import safe_open
 
+    from .model_io import weight_components
+
     trained = trained or {}
     layers, record = {}, {"rank": rank, "layers": {}, "not_in_adapter": [], "adapter_bytes": 0, "dense_bytes": 0,
                           "trained": bool(trained)}
-    for component in lora_components(pipeline):
-        model = getattr(pipeline, component)
+    for component, model in weight_components(pipeline, TRAINABLE_COMPONENTS).items():
         state, lora, wanted = model.state_dict(), {}, set(changed.get(component, ()))
         factors = trained.get(component, {})
         for file in weight_files(os.path.join(base_path, component)):
@@ -102,9 +97,12 @@ def erased_delta_as_lora(pipeline, base_path: str, changed: dict[str, list[str]]
 def save_lora(pipeline, base_path: str, folder: str, changed: dict[str, list[str]], rank: int | None = None,
               trained: dict | None = None) -> dict:
     """Write `folder`/pytorch_lora_weights.safetensors for the erasure held by `pipeline`; its record."""
+    from .model_io import weight_components
+
     layers, record = erased_delta_as_lora(pipeline, base_path, changed, rank, trained)
     # the pipeline class's own writer: SDXL's takes the second text encoder's layers too
-    type(pipeline).save_lora_weights(folder, **{f"{c}_lora_layers": layers.get(c) for c in lora_components(pipeline)})
+    type(pipeline).save_lora_weights(folder, **{f"{c}_lora_layers": layers.get(c)
+                                                   for c in weight_components(pipeline, TRAINABLE_COMPONENTS)})
     record["file"] = LORA_FILE
     return record
 
@@ -123,7 +121,7 @@ def check_adapter_fits(adapter: str, model_path: str, model_name: str) -> dict:
     made_on = record["base_model"]["id"]
     with safe_open(file, framework="pt") as lora:
         factors = {key: lora.get_slice(key).get_shape() for key in lora.keys()}
-    for component in LORA_COMPONENTS:
+    for component in TRAINABLE_COMPONENTS:
         shapes = {}
         for file in weight_files(os.path.join(model_path, component)):
             with safe_open(file, framework="pt") as weights:

@@ -11,16 +11,16 @@ import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from .errors import EraseError
-from .folders import BaseModel, weight_files
+from .folders import TRAINABLE_COMPONENTS, BaseModel, weight_files
 from .profile import PROFILE_FILE
 
 PIPELINE_CLASSES = {"sd": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}  # by BaseModel.family
-WEIGHT_COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "vae")  # text_encoder_2: SDXL's
+WEIGHT_COMPONENTS = (*TRAINABLE_COMPONENTS, "vae")  # text_encoder_2: SDXL's
 
 
-def weight_components(pipeline) -> dict:
-    """The pipeline's models by component name (SDXL's second text encoder included where it has one)."""
-    return {name: getattr(pipeline, name) for name in WEIGHT_COMPONENTS if getattr(pipeline, name, None) is not None}
+def weight_components(pipeline, names: tuple = WEIGHT_COMPONENTS) -> dict:
+    """The pipeline's models by component name, of `names` (SDXL's second text encoder included where it has one)."""
+    return {name: getattr(pipeline, name) for name in names if getattr(pipeline, name, None) is not None}
 
 
 def is_sdxl(pipeline) -> bool:
