@@ -7,10 +7,11 @@
 # and ranks the cross-attention weights alone; the full row shows what the whole UNet costs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-ROWS=(uce salun-xattn salun-full)
+ROWS=(uce seot salun-xattn salun-full)
 source benchmarks/rows.sh
 fast_salun="--size sdxl --mixed-precision bf16 --gradient-checkpointing --synthesis-scheduler dpm --synthesis-steps 20 --synthesis-batch-size 8"
 row uce         benchmarks.bench_erase --size sdxl --method uce                 # the closed form on 2048-wide keys/values
+row seot        benchmarks.bench_seot --size sdxl --images 4 --steps 50        # SEOT at inference: SWR, SWR+ITO vs stock
 row salun-xattn benchmarks.bench_erase $fast_salun --num-images 64 --scope xattn --mask-ranking scope   # target: <= 24 GiB
 row salun-full  benchmarks.bench_erase $fast_salun --num-images 64             # the official whole-UNet ranking and scope
 finish

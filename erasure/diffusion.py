@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
 
-from ..pipelines.pipeline_seot import suppressed_embeddings, suppression_of
+from ..pipelines.suppress_eot import suppressed_conditioning, suppression_of
 from .model_io import is_sdxl
 
 # Samplers by the short names the CLI takes (erasure.config.Sampler); "dpm" (DPM-Solver++ 2M) needs the
@@ -117,8 +117,9 @@ def encode_prompts(pipeline, prompts: list[str], device, suppressed: bool = True
     unique = list(dict.fromkeys(prompts))
     hidden = unet_conditioning(pipeline, encoder_inputs(pipeline, unique, device))
     suppression = suppression_of(pipeline) if suppressed else None
-    if suppression:  # an SEOT pipeline conditions on the suppressed embeddings
-        hidden = suppressed_embeddings(pipeline.tokenizer, suppression, token_ids(pipeline.tokenizer, unique), hidden)[0]
+    if suppression:  # an SEOT pipeline conditions on the suppressed token states (SDXL: not its added row)
+        tokens = pipeline.tokenizer.model_max_length
+        hidden[:, :tokens] = suppressed_conditioning(pipeline, suppression, unique, hidden[:, :tokens])[0]
     if is_sdxl(pipeline) and pipeline.config.get("force_zeros_for_empty_prompt") and "" in unique:
         empty = unique.index("")  # its token states and pooled embedding, not its size ids
         hidden[empty, :-1] = 0

@@ -131,7 +131,7 @@ def erase_pipeline(pipeline, config: ForgetMeNotConfig, session) -> tuple[dict, 
     import torch
     from diffusers import DDPMScheduler
 
-    from ..pipelines.pipeline_seot import ExplicitAttention
+    from ..pipelines.suppress_eot import ExplicitAttention
     from .data import training_latents
     from .diffusion import encode_prompts, epoch_indices, noise_batch, stack_embeddings
     from .saliency import in_scope

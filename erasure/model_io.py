@@ -48,12 +48,28 @@ def suppressing_pipeline(folder: str) -> bool:
         return bool(json.load(f).get("suppressed_words"))
 
 
+def suppressing_classes() -> dict:
+    """SEOT's pipeline classes by BaseModel.family (imported when asked for)."""
+    from ..pipelines import StableDiffusionSuppressEOTPipeline, StableDiffusionXLSuppressEOTPipeline
+
+    return {"sd": StableDiffusionSuppressEOTPipeline, "sdxl": StableDiffusionXLSuppressEOTPipeline}
+
+
+def suppressing_pipeline_files(pipeline) -> dict[str, str]:
+    """What an SEOT output of `pipeline` carries to suppress when loaded with custom_pipeline: its
+    family's pipeline file as pipeline.py and the module it imports, by name in the folder."""
+    import inspect
+
+    from ..pipelines import suppress_eot
+
+    pipeline_class = suppressing_classes()["sdxl" if is_sdxl(pipeline) else "sd"]
+    return {"pipeline.py": inspect.getfile(pipeline_class), "suppress_eot.py": suppress_eot.__file__}
+
+
 def load_pipeline(base: BaseModel, allow_pickle: bool = False):
     """Load the base pipeline in fp32 (the master weights of fine-tuning), safetensors only by default;
-    an SEOT output with this package's StableDiffusionSuppressEOTPipeline (no code from the folder runs)."""
-    pipeline_class = PIPELINE_CLASSES[base.family]
-    if suppressing_pipeline(base.path):
-        from ..pipelines.pipeline_seot import StableDiffusionSuppressEOTPipeline as pipeline_class
+    an SEOT output with this package's SEOT pipeline class (no code from the folder runs)."""
+    pipeline_class = suppressing_classes()[base.family] if suppressing_pipeline(base.path) else PIPELINE_CLASSES[base.family]
     try:
         return pipeline_class.from_pretrained(base.path, use_safetensors=None if allow_pickle else True)
     except OSError as err:
@@ -93,7 +109,7 @@ def save_stock_pipeline(pipeline, folder: str, base_folder: str | None = None, *
     vocab.json/merges.txt are copied along so transformers 4 users can load the folder too, and
     so is its model profile: the erased model is still a model of the same kind.
     """
-    from ..pipelines import pipeline_seot
+    from ..pipelines.suppress_eot import suppression_of
 
     components = {name: getattr(pipeline, name) for name in pipeline.components}
     if is_sdxl(pipeline):
@@ -102,14 +118,15 @@ def save_stock_pipeline(pipeline, folder: str, base_folder: str | None = None, *
         stock = StableDiffusionPipeline(
             **components, requires_safety_checker=getattr(pipeline.config, "requires_safety_checker", False))
     stock.save_pretrained(folder, **{"safe_serialization": True, **save_kwargs})
-    suppression = pipeline_seot.suppression_of(pipeline)
+    suppression = suppression_of(pipeline)
     if suppression:  # SEOT: its settings beside the stock ones, and the pipeline applying them
         index = os.path.join(folder, "model_index.json")
         with open(index) as f:
             settings = json.load(f)
         with open(index, "w") as f:
             json.dump({**settings, **suppression}, f, indent=2, sort_keys=True)
-        shutil.copyfile(pipeline_seot.__file__, os.path.join(folder, "pipeline.py"))
+        for name, source in suppressing_pipeline_files(pipeline).items():
+            shutil.copyfile(source, os.path.join(folder, name))
     if base_folder:
         for name in (*(os.path.join(tokenizer, file) for tokenizer in ("tokenizer", "tokenizer_2")
                        for file in ("vocab.json", "merges.txt")), PROFILE_FILE):

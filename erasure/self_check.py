@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 import torch
 from diffusers import DDPMScheduler
 
-from ..pipelines.pipeline_seot import suppression_of
+from ..pipelines.suppress_eot import suppression_of
 from .data import data_resolution, synthesize_latents
 from .diffusion import encode_prompts, per_sample_mse, prediction_target, seeded_generator, stack_embeddings
 from .concepts import clear_of

@@ -1,17 +1,19 @@
 """SEOT: suppress the concept's text embeddings at inference (Li et al., ICLR 2024). No training,
 no weight changes: the erase writes the base model's weights unchanged, the settings into
-model_index.json, and the pipeline that applies them (pipelines/pipeline_seot.py, whose docstring
-has the method) as OUT/pipeline.py.
+model_index.json, and the pipeline that applies them as OUT/pipeline.py (pipelines/pipeline_seot.py
+for SD 1.x/2.x, pipeline_seot_xl.py for SDXL) beside OUT/suppress_eot.py (the method, in its
+docstring, including how SDXL's two text encoders and pooled embedding are suppressed).
 
 Loading OUT:
 - `DiffusionPipeline.from_pretrained(OUT, custom_pipeline=OUT, trust_remote_code=True)` runs OUT/pipeline.py (torch and
   diffusers only; read it before you run it, as any code): it suppresses.
-- `sd_erasure.pipelines.StableDiffusionSuppressEOTPipeline.from_pretrained(OUT)`, and every sd-erase command
-  given OUT, use this package's copy of that class: no code from the folder runs.
-- Plain `DiffusionPipeline.from_pretrained(OUT)` loads a stock StableDiffusionPipeline that ignores
-  the settings (diffusers warns about them): the base model, the concept NOT suppressed.
+- `sd_erasure.pipelines.StableDiffusionSuppressEOTPipeline.from_pretrained(OUT)` (SDXL:
+  `StableDiffusionXLSuppressEOTPipeline`), and every sd-erase command given OUT, use this package's
+  copy of that class: no code from the folder runs.
+- Plain `DiffusionPipeline.from_pretrained(OUT)` loads the stock pipeline that ignores the settings
+  (diffusers warns about them): the base model, the concept NOT suppressed.
 
-Storage beyond the base model: no tensors, the ~18 KB pipeline.py and a few lines of JSON.
+Storage beyond the base model: no tensors, the two Python files (~20 KB) and a few lines of JSON.
 
 Defaults are the official code's (sen-mao/SuppressEOT, suppress_eot_w_nulltext.py, generated
 images): α = 1, suppression from 20% of the sampling steps (τ = 0.8), 10 optimization iterations
@@ -45,8 +47,6 @@ SEOT = "SEOT"
 @dataclass
 class SeotConfig(EraseConfig):
     """SEOT's settings; each field's help says where its default comes from."""
-
-    NO_SDXL: ClassVar[str] = "its suppressing pipeline is a StableDiffusionPipeline (no SDXL one yet)"
 
     STRONGER: ClassVar[str] = "list the concept's other word forms in `suppressed_words`, or lower `suppression_start`"
     ERASED_FIELDS: ClassVar[tuple[str, ...]] = ("suppressed_words",)  # several concepts: all suppressed together
@@ -88,14 +88,17 @@ class SeotConfig(EraseConfig):
         return {"suppressed_words": [self.concept.strip()]}
 
     def check_with_pipeline(self, pipeline) -> None:
+        from ..pipelines.suppress_eot import text_parts
+
         for word in self.suppressed_words:
-            ids = pipeline.tokenizer(word, add_special_tokens=False).input_ids
-            if not ids or len(ids) > pipeline.tokenizer.model_max_length - 2:
-                raise EraseError(f"suppressed word {shorten(word)} is {len(ids)} tokens long: give a word or "
-                                 "phrase that fits in a prompt")
+            for tokenizer, _ in text_parts(pipeline):
+                ids = tokenizer(word, add_special_tokens=False).input_ids
+                if not ids or len(ids) > tokenizer.model_max_length - 2:
+                    raise EraseError(f"suppressed word {shorten(word)} is {len(ids)} tokens long: give a word or "
+                                     "phrase that fits in a prompt")
 
     def pipeline_settings(self) -> dict:
-        """What StableDiffusionSuppressEOTPipeline keeps in model_index.json."""
+        """What the SEOT pipeline keeps in model_index.json."""
         return {"suppressed_words": list(self.suppressed_words), "suppression_alpha": self.suppression_alpha,
                 "suppression_start": self.suppression_start, "optimization_iterations": self.optimization_iterations,
                 "optimization_end": self.optimization_end, "optimization_scale": self.optimization_scale,
@@ -103,20 +106,22 @@ class SeotConfig(EraseConfig):
 
 
 def erase_pipeline(pipeline, config: SeotConfig, session) -> tuple[dict, dict]:
-    from ..pipelines import pipeline_seot
+    from ..pipelines.suppress_eot import SuppressEOTMixin
+    from .model_io import is_sdxl, suppressing_pipeline_files
 
     settings = config.pipeline_settings()
-    if isinstance(pipeline, pipeline_seot.StableDiffusionSuppressEOTPipeline):
+    if isinstance(pipeline, SuppressEOTMixin):
         pipeline.register_to_config(**settings)
     else:  # a stock pipeline's config takes no other keys; save_stock_pipeline writes these with pipeline.py
         pipeline.suppression = settings
     words = "; ".join(repr(w) for w in config.suppressed_words)
+    exported = "StableDiffusionXLSuppressEOTPipeline" if is_sdxl(pipeline) else "StableDiffusionSuppressEOTPipeline"
     record = {
         "prompts": {"suppressed_words": config.suppressed_words},
-        "suppression": {**settings, "stored_bytes": os.path.getsize(pipeline_seot.__file__)},
+        "suppression": {**settings, "stored_bytes": sum(map(os.path.getsize, suppressing_pipeline_files(pipeline).values()))},
         "summary": [
             ["weights", "none changed: the concept is suppressed at inference by the folder's pipeline.py "
-                        "(load with custom_pipeline=OUT, trust_remote_code=True, or sd_erasure.pipelines.StableDiffusionSuppressEOTPipeline)"],
+                        f"(load with custom_pipeline=OUT, trust_remote_code=True, or sd_erasure.pipelines.{exported})"],
             ["suppressed", f"{words} wherever a prompt contains it; other prompts unchanged"],
             ["settings", f"SWR α = {config.suppression_alpha} from {config.suppression_start:.0%} of the steps; "
                          + (f"ITO {config.optimization_iterations} iterations per step up to "

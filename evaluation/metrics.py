@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..erasure.config import concept_list
 from ..erasure.diffusion import seeded_generator
 from ..erasure.model_io import weights_fingerprint
-from ..pipelines.pipeline_seot import suppression_of
+from ..pipelines.suppress_eot import suppression_of
 
 from .judge import JudgeFeatures
 from .shapes import Prompt, canonical_style, concept_kind, prompts

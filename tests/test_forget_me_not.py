@@ -35,7 +35,7 @@ def test_explicit_attention_and_the_probe_leave_the_prediction_unchanged(tiny_sd
     from diffusers import UNet2DConditionModel
 
     from sd_erasure.erasure.forget_me_not import ConceptAttentionProbe
-    from sd_erasure.pipelines.pipeline_seot import ExplicitAttention
+    from sd_erasure.pipelines.suppress_eot import ExplicitAttention
 
     unet = UNet2DConditionModel.from_pretrained(tiny_sd, subfolder="unet").eval()
     generator = torch.Generator().manual_seed(0)

@@ -2,7 +2,8 @@
 embeddings and size ids as added conditions): the conditioning every method passes is the one the
 pipeline itself builds, each method that supports SDXL writes a stock StableDiffusionXLPipeline in
 which only its component changed (the second text encoder only for AdvUnlearn, which trains both),
-the others are refused in one line before the model loads, the LoRA export loads with the SDXL
+SEOT's folder loads with `custom_pipeline` as an SDXL pipeline that suppresses what the self-check
+scores, SLUG is refused in one line before the model loads, the LoRA export loads with the SDXL
 pipeline's `load_lora_weights` (AdvUnlearn's LoRA on both text encoders too), resume reproduces the
 weights, the model card names the SDXL pipeline, and the attack's prefix enters both text encoders
 as its typed text would. On the bundled SDXL-architecture shapes model,
@@ -79,7 +80,7 @@ def test_the_attack_prefix_enters_both_text_encoders_as_the_typed_text(sdxl):
 
 
 def test_every_registered_method_is_run_or_refused_on_sdxl():
-    assert set(SMOKE_RUNS) == set(methods()) and UNSUPPORTED == {"slug", "seot"}
+    assert set(SMOKE_RUNS) == set(methods()) and UNSUPPORTED == {"slug"}
 
 
 @pytest.mark.parametrize("method", sorted(set(SMOKE_RUNS) - UNSUPPORTED - {"advunlearn"}))  # advunlearn: below
@@ -90,7 +91,7 @@ def test_method_on_sdxl_writes_a_stock_sdxl_pipeline_changing_only_its_component
     out = tmp_path / "out"
     assert erase_cli("--model", sdxl, "--concept", "a cat", "--output", out, "--method", method, *args) == 0
     assert type(DiffusionPipeline.from_pretrained(str(out))).__name__ == "StableDiffusionXLPipeline"
-    assert changed_components(sdxl, out, WEIGHTS) == {component}
+    assert changed_components(sdxl, out, WEIGHTS) == ({component} if component else set())
     assert json.loads((out / "erasure.json").read_text())["base_model"]["family"] == "sdxl"
 
 
@@ -101,6 +102,42 @@ def test_methods_without_sdxl_are_refused_in_one_line_before_loading(method, sdx
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot erase an SDXL model" in err and "--method salun" in err
     assert not out.exists() and not (tmp_path / "out.incomplete").exists()
+
+
+def test_seot_on_sdxl_suppresses_through_both_encoders_and_its_self_check_scores_what_it_samples_with(sdxl, tmp_path):
+    """SEOT on SDXL: plain diffusers loads the stock pipeline; with `custom_pipeline` the folder's
+    pipeline.py (beside suppress_eot.py) is an SDXL pipeline that leaves a prompt without the concept
+    bit-identical and changes one naming it; and the conditioning the self-check scores
+    (`encode_prompts`: both encoders' states suppressed, the pooled embedding kept) is what that
+    pipeline hands its UNet once it suppresses."""
+    from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
+
+    from sd_erasure.erasure.diffusion import encode_prompts
+
+    out = tmp_path / "out"
+    assert erase_cli("--model", sdxl, "--concept", "a cat", "--output", out, "--method", "seot", *SMOKE_CHECK) == 0
+    plain = DiffusionPipeline.from_pretrained(str(out))
+    custom = DiffusionPipeline.from_pretrained(str(out), custom_pipeline=str(out), trust_remote_code=True)
+    assert type(plain) is StableDiffusionXLPipeline and isinstance(custom, StableDiffusionXLPipeline)
+    assert custom.suppression["suppressed_words"] == ["a cat"]
+
+    def draw(pipeline, prompt):
+        return pipeline(prompt, num_inference_steps=4, output_type="np", generator=torch.Generator().manual_seed(0)).images
+
+    assert (draw(custom, "a dog") == draw(plain, "a dog")).all()
+    assert abs(draw(custom, "a cat on a mat") - draw(plain, "a cat on a mat")).max() > 0.01
+
+    custom.register_to_config(suppression_start=0.0, optimization_iterations=0)  # SWR from the first step
+    seen = []
+    hook = custom.unet.register_forward_pre_hook(lambda module, args, kwargs: seen.append(
+        (kwargs["encoder_hidden_states"][-1], kwargs["added_cond_kwargs"]["text_embeds"][-1])), with_kwargs=True)
+    custom("a cat on a mat", num_inference_steps=1, output_type="latent")
+    hook.remove()
+    width = custom.text_encoder_2.config.projection_dim
+    for suppressed in (True, False):
+        packed = encode_prompts(custom, ["a cat on a mat"], "cpu", suppressed=suppressed)["a cat on a mat"]
+        same = torch.allclose(packed[:-1], seen[0][0], atol=1e-5), torch.allclose(packed[-1, :width], seen[0][1], atol=1e-5)
+        assert same == (suppressed, True)
 
 
 @pytest.fixture(scope="module")

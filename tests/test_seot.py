@@ -11,7 +11,7 @@ from test_methods import assert_stock_output, changed_tensors
 
 
 def test_swr_shrinks_the_dominant_directions_of_the_concept_and_end_tokens_only():
-    from sd_erasure.pipelines.pipeline_seot import soft_weighted_regularization
+    from sd_erasure.pipelines.suppress_eot import soft_weighted_regularization
 
     torch.manual_seed(0)
     embeds = torch.randn(2, 10, 16) * 3
@@ -39,7 +39,7 @@ def seot_output(tmp_path_factory):
 
 def test_seot_changes_no_weight_and_writes_its_settings_and_pipeline(seot_output):
     from sd_erasure import BUNDLED_MODELS
-    from sd_erasure.pipelines.pipeline_seot import SUPPRESSION_SETTINGS
+    from sd_erasure.pipelines.suppress_eot import SUPPRESSION_SETTINGS
 
     out, _ = seot_output
     record = assert_stock_output(out)  # plain diffusers loads it: the stock class, settings ignored
@@ -48,17 +48,18 @@ def test_seot_changes_no_weight_and_writes_its_settings_and_pipeline(seot_output
     assert all(c["entries"] == 0 for c in record["changed"].values())
     index = json.loads((out / "model_index.json").read_text())
     assert index["suppressed_words"] == ["circle", "circles"] and set(SUPPRESSION_SETTINGS) <= set(index)
-    assert (out / "pipeline.py").is_file() and 0 < record["suppression"]["stored_bytes"] < 50_000
+    files = [out / "pipeline.py", out / "suppress_eot.py"]  # the pipeline and the module it imports
+    assert record["suppression"]["stored_bytes"] == sum(f.stat().st_size for f in files) < 50_000
     assert record["settings_source"]["suppressed_words"] == "user"
 
 
 def test_seot_suppresses_only_prompts_naming_the_concept_and_only_with_its_pipeline(seot_output):
-    from diffusers import DiffusionPipeline
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
     out, _ = seot_output
     plain = DiffusionPipeline.from_pretrained(str(out))
     custom = DiffusionPipeline.from_pretrained(str(out), custom_pipeline=str(out), trust_remote_code=True)
-    assert type(custom).__name__ == "StableDiffusionSuppressEOTPipeline"
+    assert type(custom).__name__ == "SuppressEOTPipeline" and isinstance(custom, StableDiffusionPipeline)
 
     def draw(pipeline, prompts):
         return pipeline(prompts, num_inference_steps=10, output_type="np",
