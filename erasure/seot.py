@@ -2,7 +2,7 @@
 no weight changes: the erase writes the base model's weights unchanged, the settings into
 model_index.json, and the pipeline that applies them as OUT/pipeline.py (pipelines/pipeline_seot.py
 for SD 1.x/2.x, pipeline_seot_xl.py for SDXL) beside OUT/suppress_eot.py (the method, in its
-docstring, including how SDXL's two text encoders and pooled embedding are suppressed).
+docstring, including how it treats SDXL's two text encoders and pooled embedding).
 
 Loading OUT:
 - `DiffusionPipeline.from_pretrained(OUT, custom_pipeline=OUT, trust_remote_code=True)` runs OUT/pipeline.py (torch and
