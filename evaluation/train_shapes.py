@@ -14,7 +14,8 @@
 Writes OUTPUT/shapes-sd/ (a stock StableDiffusionPipeline), OUTPUT/shapes-clip/ (a transformers
 CLIPModel folder), OUTPUT/shapes-judge.safetensors and OUTPUT/shapes-training.json (settings,
 seconds, judge accuracy, the model's prompt fidelity, the image tower's zero-shot accuracy).
-`--image-tower-only` trains step 4 alone against an existing OUTPUT/shapes-sd.
+`--image-tower-only` trains step 4 alone against an existing OUTPUT/shapes-sd (`--image-tower-only
+shapes-sdxl`: one tower per text encoder of OUTPUT/shapes-sdxl, ~4 min each).
 
 A derivative of a trained model, as the community fine-tunes of a base checkpoint are (what an
 erasure adapter made on the base is applied to, `sd-erase apply`):
@@ -32,7 +33,9 @@ tokenizer, its two text encoders and UNet trained as step 3 trains the SD model'
 
     python -m sd_erasure.evaluation.train_shapes --sdxl-from evaluation/assets/shapes-sd --output evaluation/assets
 
-writes OUTPUT/shapes-sdxl/ (a stock StableDiffusionXLPipeline) and OUTPUT/shapes-sdxl-training.json.
+writes OUTPUT/shapes-sdxl/ (a stock StableDiffusionXLPipeline), OUTPUT/shapes-xl-clip/ and
+OUTPUT/shapes-xl-clip-2/ (step 4 for each text encoder: SLUG's CLIP models) and
+OUTPUT/shapes-sdxl-training.json.
 """
 
 import argparse
@@ -180,13 +183,21 @@ def train_denoiser(unet, text_encoders: list, encode, latents, config, progress=
 def train_image_tower(text_encoder, tokenizer, config, progress=True) -> tuple[CLIPModel, CLIPImageProcessor, dict]:
     """A CLIPModel whose text tower is `text_encoder` (frozen, copied in) and whose image tower and
     both projections are trained: each render's target is uniform over every caption of the world
-    that describes it (templates and synonyms alike), so no caption is a false negative."""
+    that describes it (templates and synonyms alike), so no caption is a false negative. An encoder
+    with a projection of its own (SDXL's second, whose projection is the pooled embedding the UNet
+    reads) keeps it, frozen, as the text projection, as CLIP ViT-bigG's is SDXL's."""
+    own_projection = getattr(text_encoder, "text_projection", None)
+    projection_dim = own_projection.out_features if own_projection is not None else 64
     text_config = text_encoder.config.to_dict()
     vision_config = dict(image_size=32, patch_size=4, num_channels=3, hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, projection_dim=64)
-    model = CLIPModel(CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=64))
-    model.text_model.load_state_dict(text_encoder.state_dict())
+                         num_hidden_layers=2, num_attention_heads=4, projection_dim=projection_dim)
+    model = CLIPModel(CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=projection_dim))
+    model.text_model.load_state_dict({name.removeprefix("text_model."): tensor for name, tensor
+                                      in text_encoder.state_dict().items() if not name.startswith("text_projection.")})
     model.text_model.requires_grad_(False)
+    if own_projection is not None:
+        model.text_projection.load_state_dict(own_projection.state_dict())
+        model.text_projection.requires_grad_(False)
     processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     def pair(style, obj):  # index of a (style, object) pair
         return STYLES.index(style) * len(OBJECTS) + OBJECTS.index(obj)
@@ -243,25 +254,46 @@ def save_image_tower(model, processor, folder: str) -> None:
     os.rename(partial, folder)
 
 
-def image_tower_only(output: str, config, progress: bool = True) -> dict:
-    """Step 4 against the existing OUTPUT/shapes-sd; its numbers go into OUTPUT/shapes-training.json."""
-    from transformers import CLIPTokenizer
+IMAGE_TOWERS = {  # model folder -> (its text encoder, the CLIP model folder aligned to it), and its report
+    "shapes-sd": ((("text_encoder", "shapes-clip"),), "shapes-training.json"),
+    "shapes-sdxl": ((("text_encoder", "shapes-xl-clip"), ("text_encoder_2", "shapes-xl-clip-2")),
+                    "shapes-sdxl-training.json"),
+}
 
-    torch.manual_seed(config.seed)
-    model_dir = os.path.join(output, "shapes-sd")
-    text_encoder = CLIPTextModel.from_pretrained(os.path.join(model_dir, "text_encoder"))
-    tokenizer = CLIPTokenizer.from_pretrained(os.path.join(model_dir, "tokenizer"))
+
+def trained_image_tower(text_encoder, tokenizer, config, folder: str, progress: bool = True) -> dict:
+    """Train the image tower for `text_encoder`, write the CLIP model to `folder`; its numbers."""
     start = time.perf_counter()
     model, processor, tower = train_image_tower(text_encoder, tokenizer, config, progress)
     tower["seconds"] = round(time.perf_counter() - start, 1)
     tower["config"] = {k: v for k, v in asdict(config).items() if k.startswith("image_tower") or k == "seed"}
-    save_image_tower(model, processor, os.path.join(output, "shapes-clip"))
-    report_file = os.path.join(output, "shapes-training.json")
+    save_image_tower(model, processor, folder)
+    return tower
+
+
+def image_tower_only(output: str, config, model: str = "shapes-sd", progress: bool = True) -> dict:
+    """Step 4 against the existing OUTPUT/MODEL (shapes-sd, or shapes-sdxl: a tower per text
+    encoder); the numbers go into the model's training report under `image_towers`."""
+    import transformers
+    from transformers import CLIPTokenizer
+
+    torch.manual_seed(config.seed)
+    model_dir = os.path.join(output, model)
+    towers, report_name = IMAGE_TOWERS[model]
+    tokenizer = CLIPTokenizer.from_pretrained(os.path.join(model_dir, "tokenizer"))
+    trained = {}
+    for encoder_name, tower_name in towers:
+        folder = os.path.join(model_dir, encoder_name)
+        with open(os.path.join(folder, "config.json")) as f:
+            architecture = getattr(transformers, json.load(f)["architectures"][0])  # with or without projection
+        trained[tower_name] = trained_image_tower(architecture.from_pretrained(folder), tokenizer, config,
+                                                  os.path.join(output, tower_name), progress)
+    report_file = os.path.join(output, report_name)
     report = json.load(open(report_file)) if os.path.isfile(report_file) else {}
-    report["image_tower"] = tower
+    report["image_towers"] = trained
     with open(report_file, "w") as f:
         json.dump(report, f, indent=1)
-    return report
+    return trained
 
 
 def train(output: str, config: ShapesTrainingConfig = ShapesTrainingConfig(), progress: bool = True) -> dict:
@@ -298,14 +330,11 @@ def train(output: str, config: ShapesTrainingConfig = ShapesTrainingConfig(), pr
                                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
     fidelity = prompt_fidelity(pipeline, judge, Protocol(images_per_prompt=config.fidelity_images_per_prompt))
-    start = time.perf_counter()
-    clip_model, processor, tower = train_image_tower(text_encoder, tokenizer, config, progress)
-    tower["seconds"] = round(time.perf_counter() - start, 1)
-    save_image_tower(clip_model, processor, os.path.join(output, "shapes-clip"))
+    tower = trained_image_tower(text_encoder, tokenizer, config, os.path.join(output, "shapes-clip"), progress)
     save_model(pipeline, os.path.join(output, "shapes-sd"), config.write_profile)
     save_judge(judge, os.path.join(output, "shapes-judge.safetensors"))
     report = {"config": asdict(config), "seconds": seconds, "judge_heldout_accuracy": judge_accuracy,
-              "vae_final_mse": vae_loss, "prompt_fidelity": fidelity, "image_tower": tower,
+              "vae_final_mse": vae_loss, "prompt_fidelity": fidelity, "image_towers": {"shapes-clip": tower},
               "parameters": {"unet": sum(p.numel() for p in unet.parameters()),
                              "text_encoder": sum(p.numel() for p in text_encoder.parameters()),
                              "vae": sum(p.numel() for p in vae.parameters()),
@@ -400,10 +429,12 @@ def xl_text_conditioning(text_encoder, text_encoder_2, tokenizer, captions, size
 
 
 def xl_profile() -> dict:
-    """The world's profile with SalUn's learning rate for this model: the SD model's 7e-4 erased circle
-    here with CRA 0.885 and FID 133 (demo protocol); 3e-4 gave UA 1.00, IRA 0.997, CRA 0.972, FID 72."""
+    """The world's profile with SalUn's learning rate for this model (the SD model's 7e-4 erased circle
+    here with CRA 0.885 and FID 133, demo protocol; 3e-4 gave UA 1.00, IRA 0.997, CRA 0.972, FID 72)
+    and SLUG's CLIP models aligned to its two text encoders."""
     profile = world_profile()
     profile["methods"]["salun"]["learning_rate"] = 3e-4
+    profile["methods"]["slug"] |= {"clip_model": "shapes-xl-clip", "clip_model_2": "shapes-xl-clip-2"}
     profile["notes"]["salun"] += (" On the SDXL-architecture model (shapes-xl) 7e-4 erased circle with CRA 0.885 "
                                   "and FID 133; 3e-4 with UA 1.00, IRA 0.997, CRA 0.972, FID 72 (red: UA 1.00, "
                                   "IRA 0.867, CRA 0.996).")
@@ -413,8 +444,9 @@ def xl_profile() -> dict:
 def train_xl(base: str, output: str, config: ShapesTrainingConfig, progress: bool = True) -> dict:
     """The shapes world's SDXL-architecture model: the VAE and tokenizer of the SD model at `base`
     (frozen: the same latent space, so the same judge reads both), two new text encoders and an SDXL
-    UNet trained jointly as train() trains the SD model. Writes OUTPUT/shapes-sdxl and
-    OUTPUT/shapes-sdxl-training.json (its prompt fidelity)."""
+    UNet trained jointly as train() trains the SD model, then an image tower per text encoder.
+    Writes OUTPUT/shapes-sdxl, OUTPUT/shapes-xl-clip, OUTPUT/shapes-xl-clip-2 and
+    OUTPUT/shapes-sdxl-training.json (its prompt fidelity and the towers' zero-shot accuracy)."""
     from diffusers import StableDiffusionXLPipeline
     from transformers import CLIPTokenizer
 
@@ -439,9 +471,11 @@ def train_xl(base: str, output: str, config: ShapesTrainingConfig, progress: boo
                                          force_zeros_for_empty_prompt=True, add_watermarker=False)
     judge = load_judge(os.path.join(os.path.dirname(__file__), "assets", "shapes-judge.safetensors"))
     fidelity = prompt_fidelity(pipeline, judge, Protocol(images_per_prompt=config.fidelity_images_per_prompt))
+    towers = {name: trained_image_tower(encoder, tokenizer, config, os.path.join(output, name), progress)
+              for encoder, name in ((text_encoder, "shapes-xl-clip"), (text_encoder_2, "shapes-xl-clip-2"))}
     save_model(pipeline, os.path.join(output, "shapes-sdxl"), config.write_profile, xl_profile())
     report = {"base": base, "config": asdict(config), "seconds": {"text_encoders_unet": seconds},
-              "prompt_fidelity": fidelity,
+              "prompt_fidelity": fidelity, "image_towers": towers,
               "parameters": {name: sum(p.numel() for p in model.parameters()) for name, model in
                              (("unet", unet), ("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2))},
               "torch_threads": torch.get_num_threads()}
@@ -454,8 +488,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Train the bundled shapes-world model and judge.")
     parser.add_argument("--output", required=True, help="folder for shapes-sd/, shapes-clip/, shapes-judge.safetensors, "
                                                         "shapes-training.json")
-    parser.add_argument("--image-tower-only", action="store_true", help="train only the image tower, against the "
-                                                                        "existing OUTPUT/shapes-sd")
+    parser.add_argument("--image-tower-only", nargs="?", const="shapes-sd", choices=sorted(IMAGE_TOWERS),
+                        help="train only the image tower(s), against the existing OUTPUT/shapes-sd (or shapes-sdxl: "
+                             "one per text encoder)")
     parser.add_argument("--derive-from", metavar="FOLDER", help="fine-tune this trained model instead (see the "
                                                                "module's docstring)")
     parser.add_argument("--sdxl-from", metavar="FOLDER", help="train the SDXL-architecture model on this SD "
@@ -478,7 +513,7 @@ def main(argv=None):
         print(json.dumps({k: report[k] for k in ("seconds", "base_model", "derivative")}, indent=1))
         return
     if tower_only:
-        print(json.dumps(image_tower_only(output, ShapesTrainingConfig(**args))["image_tower"], indent=1))
+        print(json.dumps(image_tower_only(output, ShapesTrainingConfig(**args), tower_only), indent=1))
         return
     report = train(output, ShapesTrainingConfig(**args))
     print(json.dumps({k: report[k] for k in ("seconds", "judge_heldout_accuracy", "prompt_fidelity")}, indent=1))

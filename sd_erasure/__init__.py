@@ -26,6 +26,8 @@ _ASSETS = os.path.join(find_spec("sd_erasure.evaluation").submodule_search_locat
 BUNDLED_MODELS["shapes"] = os.path.join(_ASSETS, "shapes-sd")
 BUNDLED_MODELS["shapes-clip"] = os.path.join(_ASSETS, "shapes-clip")  # its CLIP model (SLUG's image tower)
 BUNDLED_MODELS["shapes-xl"] = os.path.join(_ASSETS, "shapes-sdxl")  # the same world on SDXL's architecture
+BUNDLED_MODELS["shapes-xl-clip"] = os.path.join(_ASSETS, "shapes-xl-clip")  # CLIP models of its text encoders
+BUNDLED_MODELS["shapes-xl-clip-2"] = os.path.join(_ASSETS, "shapes-xl-clip-2")
 
 __all__ = ["EraseConfig", "TrainingConfig", "EraseError", "EraseResult", "erase", "erase_pipeline", "get_method",
            "methods", "register_method", "__version__"]

@@ -80,7 +80,7 @@ def test_training_recipe_runs_at_a_toy_step_count(tmp_path):
                                   image_tower_samples=256, image_tower_steps=2, image_tower_batch_size=32)
     report = train(str(tmp_path), config, progress=False)
     assert set(report["seconds"]) == {"judge", "vae", "text_encoder_unet"}
-    assert (tmp_path / "shapes-clip" / "config.json").is_file() and report["image_tower"]
+    assert (tmp_path / "shapes-clip" / "config.json").is_file() and report["image_towers"]["shapes-clip"]
     assert 0 <= report["prompt_fidelity"]["both"] <= 1
     pipeline = DiffusionPipeline.from_pretrained(str(tmp_path / "shapes-sd"))
     assert pipeline.unet.config.cross_attention_dim == 64
