@@ -61,8 +61,6 @@ class EraseConfig:
     PAIRED_FIELDS: ClassVar[dict[str, tuple[str, str]]] = {}
     # and the lists of what a concept keeps (retain prompts), cleared of what another concept erases.
     KEPT_FIELDS: ClassVar[tuple[str, ...]] = ()
-    # why the method cannot erase an SDXL model (empty: it can), said before the model loads
-    NO_SDXL: ClassVar[str] = ""
 
     model: str = option(help="base pipeline: a local diffusers folder, a Hub id (e.g. CompVis/stable-diffusion-v1-4), "
                              "or 'shapes' for the bundled model", group="model")
@@ -153,13 +151,8 @@ class EraseConfig:
         return {}
 
     def check_family(self, family: str) -> None:
-        """Refuse a model family (`sd`, `sdxl`: folders.BaseModel.family) the method cannot erase."""
-        if family == "sdxl" and self.NO_SDXL:
-            from .registry import methods
-
-            able = [name for name, m in methods().items() if not m.config.NO_SDXL]
-            raise EraseError(f"{self.method} cannot erase an SDXL model: {self.NO_SDXL}; choose --method "
-                             f"{', '.join(able[:-1])} or {able[-1]}")
+        """Checks that depend on the model family (`sd`, `sdxl`: folders.BaseModel.family), run with the
+        model profile's settings in place, before the model loads."""
 
     def check_inputs(self) -> None:
         """Checks that read the user's files (image folders), run before any output is written."""

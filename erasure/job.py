@@ -241,11 +241,11 @@ def erase_pipeline(pipeline, config: EraseConfig, step_callback=None, show_progr
     from .model_io import is_sdxl
 
     family = "sdxl" if is_sdxl(pipeline) else "sd"
-    config.check_family(family)
     folder = pipeline.name_or_path if pipeline.name_or_path and os.path.isdir(pipeline.name_or_path) else ""
     base = BaseModel(pipeline.name_or_path or "", folder)  # a folder's profile applies to the pipeline loaded from it
     plan = plan_erase(config, base)
     for run in plan.runs:
+        run.check_family(family)
         run.check_inputs()
         run.check_with_pipeline(pipeline)
     session = _session(plan.config, pipeline, step_callback=step_callback, show_progress=show_progress)
@@ -264,7 +264,6 @@ def erase(config: EraseConfig, step_callback=None, show_progress=True) -> EraseR
     output.check()
     output.check_writable()
     base = resolve_model(config.model, config.revision, config.allow_pickle)
-    config.check_family(base.family)
     plan = plan_erase(config, base)
     config, sources = plan.config, plan.sources
     # Everything that can be checked cheaply has been: from here on torch loads and the model with it.
@@ -273,6 +272,7 @@ def erase(config: EraseConfig, step_callback=None, show_progress=True) -> EraseR
     from .training import checkpoints
 
     for run in plan.runs:
+        run.check_family(base.family)
         run.check_inputs()
     pipeline = load_pipeline(base, config.allow_pickle)
     for run in plan.runs:

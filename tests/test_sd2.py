@@ -7,7 +7,7 @@ run's weights (on the epsilon variant, SD 2.x-base's)."""
 import pytest
 import torch
 
-from conftest import SMOKE_RUNS, assert_resume_reproduces, changed_components, erase_cli
+from conftest import SMOKE_RUNS, assert_resume_reproduces, changed_components, erase_cli, random_clip
 from sd_erasure import methods
 
 WEIGHTS = {"unet": "unet/diffusion_pytorch_model.safetensors", "text_encoder": "text_encoder/model.safetensors",
@@ -28,18 +28,7 @@ def sd2_v(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sd2_clip(sd2_v, tmp_path_factory):
-    """A CLIP model whose text tower is the pipeline's text encoder, with a small random image tower
-    (mocked: no SD 2.x-sized CLIP can be downloaded here; SLUG only needs the towers to agree)."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextModel
-
-    encoder = CLIPTextModel.from_pretrained(sd2_v / "text_encoder")
-    clip = CLIPModel(CLIPConfig(text_config=encoder.config.to_dict(), projection_dim=16, vision_config=dict(
-        image_size=16, patch_size=4, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)))
-    clip.text_model.load_state_dict(encoder.state_dict())
-    folder = tmp_path_factory.mktemp("sd2-clip") / "clip"
-    clip.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(folder)
-    return folder
+    return random_clip(sd2_v / "text_encoder", tmp_path_factory.mktemp("sd2-clip") / "clip")
 
 
 def test_every_registered_method_is_run_on_sd2():

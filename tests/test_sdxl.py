@@ -3,7 +3,8 @@ embeddings and size ids as added conditions): the conditioning every method pass
 pipeline itself builds, each method that supports SDXL writes a stock StableDiffusionXLPipeline in
 which only its component changed (the second text encoder only for AdvUnlearn, which trains both),
 SEOT's folder loads with `custom_pipeline` as an SDXL pipeline that suppresses what the self-check
-scores, SLUG is refused in one line before the model loads, the LoRA export loads with the SDXL
+scores, SLUG steps each text encoder in a layer the UNet reads (and without the second encoder's CLIP
+model is refused in one line before the model loads), the LoRA export loads with the SDXL
 pipeline's `load_lora_weights` (AdvUnlearn's LoRA on both text encoders too), resume reproduces the
 weights, the model card names the SDXL pipeline, and the attack's prefix enters both text encoders
 as its typed text would. On the bundled SDXL-architecture shapes model,
@@ -17,12 +18,12 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, SMOKE_CHECK, SMOKE_RUNS, assert_resume_reproduces, changed_components, erase_cli
+from conftest import (REPO, SMOKE_CHECK, SMOKE_RUNS, assert_resume_reproduces, changed_components, erase_cli,
+                      random_clip)
 from sd_erasure import methods
 
 WEIGHTS = {"unet": "unet/diffusion_pytorch_model.safetensors", "text_encoder": "text_encoder/model.safetensors",
            "text_encoder_2": "text_encoder_2/model.safetensors", "vae": "vae/diffusion_pytorch_model.safetensors"}
-UNSUPPORTED = {name for name, method in methods().items() if method.config.NO_SDXL}
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +80,18 @@ def test_the_attack_prefix_enters_both_text_encoders_as_the_typed_text(sdxl):
     assert not torch.allclose(typed, encode_prompts(pipe, ["a cat"], "cpu")["a cat"])  # the prefix matters
 
 
-def test_every_registered_method_is_run_or_refused_on_sdxl():
-    assert set(SMOKE_RUNS) == set(methods()) and UNSUPPORTED == {"slug"}
+@pytest.fixture(scope="module")
+def sdxl_clips(sdxl, tmp_path_factory):
+    """A CLIP model for each of the tiny SDXL's text encoders (SLUG's image towers)."""
+    folder = tmp_path_factory.mktemp("sdxl-clips")
+    return [random_clip(sdxl / encoder, folder / encoder) for encoder in ("text_encoder", "text_encoder_2")]
 
 
-@pytest.mark.parametrize("method", sorted(set(SMOKE_RUNS) - UNSUPPORTED - {"advunlearn"}))  # advunlearn: below
+def test_every_registered_method_is_run_on_sdxl():
+    assert set(SMOKE_RUNS) == set(methods())
+
+
+@pytest.mark.parametrize("method", sorted(set(SMOKE_RUNS) - {"advunlearn", "slug"}))  # those two: below
 def test_method_on_sdxl_writes_a_stock_sdxl_pipeline_changing_only_its_component(method, sdxl, tmp_path):
     from diffusers import DiffusionPipeline
 
@@ -95,12 +103,38 @@ def test_method_on_sdxl_writes_a_stock_sdxl_pipeline_changing_only_its_component
     assert json.loads((out / "erasure.json").read_text())["base_model"]["family"] == "sdxl"
 
 
-@pytest.mark.parametrize("method", sorted(UNSUPPORTED))
-def test_methods_without_sdxl_are_refused_in_one_line_before_loading(method, sdxl, tmp_path, capsys):
+def test_slug_on_sdxl_steps_each_text_encoder_in_a_layer_its_unet_reads(sdxl, sdxl_clips, tmp_path):
+    """SLUG on SDXL, with a CLIP model per text encoder: one group of each encoder changes (what
+    erasure.json names), in a layer below the last (SDXL's UNet reads each encoder's penultimate
+    states), the UNet and VAE do not, and the output is a stock SDXL pipeline."""
+    from diffusers import DiffusionPipeline
+
+    args, _ = SMOKE_RUNS["slug"]
     out = tmp_path / "out"
-    assert erase_cli("--model", sdxl, "--concept", "a cat", "--output", out, "--method", method) == 2
+    assert erase_cli("--model", sdxl, "--concept", "a cat", "--output", out, "--method", "slug",
+                     *(a.format(clip=sdxl_clips[0]) for a in args), "--clip-model-2", sdxl_clips[1]) == 0
+    assert type(DiffusionPipeline.from_pretrained(str(out))).__name__ == "StableDiffusionXLPipeline"
+    assert changed_components(sdxl, out, WEIGHTS) == {"text_encoder", "text_encoder_2"}
+    encoders = json.loads((out / "erasure.json").read_text())["slug"]["encoders"]
+    for name in ("text_encoder", "text_encoder_2"):
+        layers = json.loads((sdxl / name / "config.json").read_text())["num_hidden_layers"]
+        updated = encoders[name]["updated"]
+        assert updated and all(int(n.split(".layers.")[1].split(".")[0]) < layers - 1 for n in updated), updated
+        assert encoders[name]["step"] > 0
+
+
+@pytest.mark.parametrize("model, args, message", [
+    ("sdxl", [], "SLUG on SDXL needs --clip-model-2 too"),
+    ("tiny_sd", ["--clip-model-2", "shapes-xl-clip-2"], "--clip-model-2 is for SDXL's second text encoder"),
+])
+def test_slug_clip_models_that_do_not_fit_the_family_are_refused_before_loading(model, args, message, sdxl, tiny_sd,
+                                                                                tmp_path, capsys):
+    out = tmp_path / "out"
+    base = {"sdxl": sdxl, "tiny_sd": tiny_sd}[model]
+    assert erase_cli("--model", base, "--concept", "a cat", "--output", out, "--method", "slug",
+                     "--clip-model", "shapes-clip", *args) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "cannot erase an SDXL model" in err and "--method salun" in err
+    assert len(err.splitlines()) == 1 and message in err, err
     assert not out.exists() and not (tmp_path / "out.incomplete").exists()
 
 

@@ -26,14 +26,24 @@ def test_slug_changes_one_text_encoder_group_and_stores_under_one_percent(slug_c
     assert not changed_tensors(base, out) and not changed_tensors(base, out, "vae")
     changed = changed_tensors(base, out, "text_encoder", "model.safetensors")
     slug = record["slug"]
-    assert changed == set(slug["updated"]) and 1 <= len(changed) <= 3, (changed, slug["updated"])
-    assert slug["chosen"] in slug["pareto_front"] and slug["chosen"] in slug["updated"]
+    assert list(slug["encoders"]) == ["text_encoder"]
+    chosen = slug["encoders"]["text_encoder"]
+    assert changed == set(chosen["updated"]) and 1 <= len(changed) <= 3, (changed, chosen["updated"])
+    assert chosen["chosen"] in chosen["pareto_front"] and chosen["chosen"] in chosen["updated"]
     model_bytes = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(base)
                       for f in files if f.endswith(".safetensors"))
     assert 0 < slug["stored_bytes"] <= 0.01 * model_bytes
     # the step is an ascent on the forget loss: the forget images match their concept less in CLIP space
     assert slug["forget_accuracy"]["erased"] < slug["forget_accuracy"]["base"]
-    assert slug["reached"] and slug["search"][-1]["step"] > 0
+    # the retain guard: every try within 10% of the base's retain alignment is kept, the others were
+    # refused (on circle the search tries steps beyond it), and the step taken is one it kept
+    base_alignment = slug["retain_alignment"]["base"][0]
+    assert all(t["kept"] == (t["generated_retain_alignment"][0] >= 0.9 * base_alignment - 1e-9)
+               for t in slug["search"])
+    assert not all(t["kept"] for t in slug["search"])
+    taken = next(t for t in slug["search"] if t["scale"] == slug["scale"])
+    assert taken["kept"] and taken["step"]["text_encoder"] > 0
+    assert slug["reached"] == any(t["erased"] and t["kept"] for t in slug["search"])
     # the self-check's empty prompt is the base's encoding: through the unchanged UNet its error is the base's
     errors = record["self_check"]["errors"]
     assert errors["erased"]["empty_prompt"] == errors["base"]["empty_prompt"]
