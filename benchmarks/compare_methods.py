@@ -89,13 +89,16 @@ def table(rows: list[dict]) -> str:
         e = r["erased"]
         line = (f"| {r['concept']} | {r['method']} | {e['UA']:.3f} | {e['IRA']:.3f} | {e['CRA']:.3f} | "
                 f"{e['FID']:.1f} | {r['erase_seconds']:.0f} | {r['peak_memory_gib']:.2f} | "
-                f"{r['changed_share']:.2%} | {r['storage_bytes']:,}{' (adapter)' if r['storage'] == 'adapter' else ''} |")
+                f"{r['changed_share']:.2%} | {r['storage_bytes']:,}{STORAGE_NOTES.get(r['storage'], '')} |")
         if attacked:
             a = r["attack"]
             line += (f" {a['pre_attack_asr']:.2f} | {a['asr']:.2f} | {a['concept_rate_attacked']:.2f} | "
                      f"{a['calibration_asr']:.2f} |")
         lines.append(line)
     return "\n".join(lines)
+
+
+STORAGE_NOTES = {"adapter": " (adapter)", "pipeline files": " (pipeline files)"}
 
 
 def main(argv=None) -> list[dict]:
@@ -119,8 +122,10 @@ def main(argv=None) -> list[dict]:
                                                            model=args.model)
                 changed = record["changed"]
                 changed_bytes = sum(c["bytes"] for c in changed.values())
-                # what a user keeps beyond the base model: the adapter where the output is one, else the changed tensors
+                # what a user keeps beyond the base model: the adapter where the output is one, the changed
+                # tensors, and the pipeline files a suppressing pipeline (SEOT) needs
                 adapter = record["hyperparameters"]["output_format"] == "lora"
+                pipeline_files = record.get("suppression", {}).get("stored_bytes", 0)
                 row = {
                     "benchmark": "compare_methods", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "device": device_name(), "model": args.model, "method": method, "concept": concept,
@@ -131,8 +136,9 @@ def main(argv=None) -> list[dict]:
                     "peak_memory_gib": round(max(record["peak_memory"]["bytes"].values()) / 2**30, 3),
                     "peak_memory_kind": record["peak_memory"]["kind"],
                     "changed_share": sum(c["entries"] for c in changed.values()) / sum(c["of"] for c in changed.values()),
-                    "bytes_changed": changed_bytes, "storage": "adapter" if adapter else "changed tensors",
-                    "storage_bytes": record["lora"]["adapter_bytes"] if adapter else changed_bytes,
+                    "bytes_changed": changed_bytes,
+                    "storage": "adapter" if adapter else "pipeline files" if pipeline_files else "changed tensors",
+                    "storage_bytes": record["lora"]["adapter_bytes"] if adapter else changed_bytes + pipeline_files,
                     "protocol": metrics["protocol"], "versions": record["versions"],
                 }
                 if args.attack:
