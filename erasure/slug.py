@@ -117,7 +117,8 @@ class SlugConfig(ForgetRetainData):
         if self.forget_accuracy is not None and not 0 <= self.forget_accuracy < 1:
             raise EraseError(f"`forget_accuracy` {self.forget_accuracy} is outside [0, 1): use 0 for none left")
         if not 0 <= self.max_retain_drop <= 1:
-            raise EraseError(f"`max_retain_drop` {self.max_retain_drop} is outside [0, 1]: use 1 for no limit")
+            raise EraseError(f"`max_retain_drop` {self.max_retain_drop} is outside [0, 1]: use 1 to allow any step "
+                             "short of the retain images matching other prompts as well as their own")
         for name in ("clip_model", "clip_model_2"):
             if getattr(self, name) is not None and not getattr(self, name).strip():
                 raise EraseError(f"`{name}` is empty: give a CLIP model folder or Hub id, e.g. "
