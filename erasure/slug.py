@@ -404,7 +404,9 @@ def erase_pipeline(pipeline, config: SlugConfig, session) -> tuple[dict, dict]:
 
         def judged(result: dict) -> dict:
             """`result` with the search's verdicts: erased, and the retain alignment kept against the base's."""
-            kept = all(edited >= (1 - config.max_retain_drop) * own - 1e-9 for edited, own
+            # a tower that does not tie the base's retain images to their prompts (alignment ≤ 0) cannot
+            # tell what a step costs them, and guards nothing
+            kept = all(own <= 0 or edited >= (1 - config.max_retain_drop) * own - 1e-9 for edited, own
                        in zip(result[guard + "retain_alignment"], base[guard + "retain_alignment"]))
             return result | {"erased": result[guard + "forget_accuracy"] <= config.forget_accuracy, "kept": kept}
 
