@@ -192,11 +192,31 @@ def load_clip(clip_model: str, text_encoder, device):
                          f"({len(differing)} of {len(pipelines)} tensors differ, e.g. {differing[0]}): give the CLIP "
                          "model the pipeline was trained with (SD 1.x: openai/clip-vit-large-patch14, "
                          "SD 2.x: laion/CLIP-ViT-H-14-laion2B-s32B-b79K)")
-    with torch.no_grad():
-        clip.text_model.load_state_dict({n: t.detach().float() for n, t in pipelines.items()}, strict=False)
-        if "text_projection.weight" in pipelines:
-            clip.text_projection.weight.copy_(pipelines["text_projection.weight"].float())
+    copy_text_encoder(clip, text_encoder)
     return clip.float().to(device).eval().requires_grad_(False), processor
+
+
+def copy_text_encoder(clip, text_encoder) -> None:
+    """Load a pipeline's text encoder into `clip`'s text tower, and its own text projection where it
+    has one (SDXL's second encoder, whose projection is the pooled embedding) into clip's."""
+    state = {n: t.detach().float() for n, t in _text_tower_state(text_encoder).items()}
+    projection = state.pop("text_projection.weight", None)
+    clip.text_model.load_state_dict(state)
+    if projection is not None:
+        clip.text_projection.load_state_dict({"weight": projection})
+
+
+def clip_with_text_encoder(text_encoder, vision_config: dict, projection_dim: int):
+    """A new CLIPModel around a pipeline's text encoder (copied in) with a fresh image tower of
+    `vision_config`; `projection_dim` is the new text projection's, unless the encoder has its own."""
+    from transformers import CLIPConfig, CLIPModel
+
+    own = getattr(text_encoder, "text_projection", None)
+    dim = own.out_features if own is not None else projection_dim
+    clip = CLIPModel(CLIPConfig(text_config=text_encoder.config.to_dict(), vision_config=vision_config,
+                                projection_dim=dim))
+    copy_text_encoder(clip, text_encoder)
+    return clip
 
 
 def candidate_weights(clip, layers: int) -> dict:

@@ -51,10 +51,11 @@ from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffus
                        UNet2DConditionModel)
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
-from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTextModel,
+from transformers import (CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTextModel,
                           CLIPTextModelWithProjection)
 
 from ..erasure.profile import PROFILE_FILE
+from ..erasure.slug import clip_with_text_encoder
 from ..pipelines.random_sd import write_clip_tokenizer
 
 from .judge import accuracy, save_judge, train_judge
@@ -186,17 +187,11 @@ def train_image_tower(text_encoder, tokenizer, config, progress=True) -> tuple[C
     that describes it (templates and synonyms alike), so no caption is a false negative. An encoder
     with a projection of its own (SDXL's second, whose projection is the pooled embedding the UNet
     reads) keeps it, frozen, as the text projection, as CLIP ViT-bigG's is SDXL's."""
-    own_projection = getattr(text_encoder, "text_projection", None)
-    projection_dim = own_projection.out_features if own_projection is not None else 64
-    text_config = text_encoder.config.to_dict()
     vision_config = dict(image_size=32, patch_size=4, num_channels=3, hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, projection_dim=projection_dim)
-    model = CLIPModel(CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=projection_dim))
-    model.text_model.load_state_dict({name.removeprefix("text_model."): tensor for name, tensor
-                                      in text_encoder.state_dict().items() if not name.startswith("text_projection.")})
+                         num_hidden_layers=2, num_attention_heads=4)
+    model = clip_with_text_encoder(text_encoder, vision_config, projection_dim=64)
     model.text_model.requires_grad_(False)
-    if own_projection is not None:
-        model.text_projection.load_state_dict(own_projection.state_dict())
+    if hasattr(text_encoder, "text_projection"):  # the encoder's own, the pooled embedding: kept as it is
         model.text_projection.requires_grad_(False)
     processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     def pair(style, obj):  # index of a (style, object) pair
@@ -274,20 +269,14 @@ def trained_image_tower(text_encoder, tokenizer, config, folder: str, progress: 
 def image_tower_only(output: str, config, model: str = "shapes-sd", progress: bool = True) -> dict:
     """Step 4 against the existing OUTPUT/MODEL (shapes-sd, or shapes-sdxl: a tower per text
     encoder); the numbers go into the model's training report under `image_towers`."""
-    import transformers
-    from transformers import CLIPTokenizer
+    from diffusers import DiffusionPipeline
 
     torch.manual_seed(config.seed)
-    model_dir = os.path.join(output, model)
+    pipeline = DiffusionPipeline.from_pretrained(os.path.join(output, model))
     towers, report_name = IMAGE_TOWERS[model]
-    tokenizer = CLIPTokenizer.from_pretrained(os.path.join(model_dir, "tokenizer"))
-    trained = {}
-    for encoder_name, tower_name in towers:
-        folder = os.path.join(model_dir, encoder_name)
-        with open(os.path.join(folder, "config.json")) as f:
-            architecture = getattr(transformers, json.load(f)["architectures"][0])  # with or without projection
-        trained[tower_name] = trained_image_tower(architecture.from_pretrained(folder), tokenizer, config,
-                                                  os.path.join(output, tower_name), progress)
+    trained = {tower_name: trained_image_tower(getattr(pipeline, encoder_name), pipeline.tokenizer, config,
+                                               os.path.join(output, tower_name), progress)
+               for encoder_name, tower_name in towers}
     report_file = os.path.join(output, report_name)
     report = json.load(open(report_file)) if os.path.isfile(report_file) else {}
     report["image_towers"] = trained

@@ -68,27 +68,19 @@ SMOKE_RUNS = {
 }
 
 
-def random_clip(encoder_folder, folder):
-    """A CLIP model whose text tower is the text encoder at `encoder_folder` (its projection too, where
-    it has one), with a small random image tower (mocked: no real CLIP model can be downloaded here;
-    SLUG only needs the towers to agree)."""
-    import json
+def random_clip(text_encoder, folder):
+    """A CLIP model whose text tower is `text_encoder` (its projection too, where it has one), with a
+    small random image tower (mocked: no real CLIP model can be downloaded here; SLUG only needs the
+    towers to agree)."""
+    from transformers import CLIPImageProcessor
 
-    import transformers
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+    from sd_erasure.erasure.slug import clip_with_text_encoder
 
-    with open(os.path.join(encoder_folder, "config.json")) as f:
-        architecture = getattr(transformers, json.load(f)["architectures"][0])
-    encoder = architecture.from_pretrained(encoder_folder)
-    projection = getattr(encoder, "text_projection", None)
-    clip = CLIPModel(CLIPConfig(text_config=encoder.config.to_dict(), vision_config=dict(
-        image_size=16, patch_size=4, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
-        projection_dim=projection.out_features if projection is not None else 16))
-    state = encoder.state_dict()
-    clip.text_model.load_state_dict({n.removeprefix("text_model."): t for n, t in state.items()
-                                     if not n.startswith("text_projection.")})
-    if projection is not None:
-        clip.text_projection.load_state_dict(projection.state_dict())
+    with torch.random.fork_rng():  # the same random image tower whatever ran before
+        torch.manual_seed(0)
+        clip = clip_with_text_encoder(text_encoder, dict(image_size=16, patch_size=4, hidden_size=32,
+                                                         intermediate_size=64, num_hidden_layers=1,
+                                                         num_attention_heads=2), projection_dim=16)
     clip.save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(folder)
     return folder

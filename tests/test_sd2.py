@@ -28,7 +28,10 @@ def sd2_v(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sd2_clip(sd2_v, tmp_path_factory):
-    return random_clip(sd2_v / "text_encoder", tmp_path_factory.mktemp("sd2-clip") / "clip")
+    from diffusers import StableDiffusionPipeline
+
+    encoder = StableDiffusionPipeline.from_pretrained(sd2_v).text_encoder
+    return random_clip(encoder, tmp_path_factory.mktemp("sd2-clip") / "clip")
 
 
 def test_every_registered_method_is_run_on_sd2():

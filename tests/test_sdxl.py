@@ -83,8 +83,10 @@ def test_the_attack_prefix_enters_both_text_encoders_as_the_typed_text(sdxl):
 @pytest.fixture(scope="module")
 def sdxl_clips(sdxl, tmp_path_factory):
     """A CLIP model for each of the tiny SDXL's text encoders (SLUG's image towers)."""
-    folder = tmp_path_factory.mktemp("sdxl-clips")
-    return [random_clip(sdxl / encoder, folder / encoder) for encoder in ("text_encoder", "text_encoder_2")]
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe, folder = StableDiffusionXLPipeline.from_pretrained(sdxl), tmp_path_factory.mktemp("sdxl-clips")
+    return [random_clip(getattr(pipe, encoder), folder / encoder) for encoder in ("text_encoder", "text_encoder_2")]
 
 
 def test_every_registered_method_is_run_on_sdxl():
