@@ -42,8 +42,8 @@ def edited(name: str) -> bool:
 class UceConfig(EraseConfig):
     """UCE's settings; each field's help says where its default comes from."""
 
-    STRONGER: ClassVar[str] = "raise `erase_scale`, or try `edit_tokens` to-end"
-    GENTLER: ClassVar[str] = "add `preserve_concepts`, or raise `regularization`"
+    STRONGER: ClassVar[str] = "raise `erase_scale` or lower `preserve_scale`, or try `edit_tokens` to-end"
+    GENTLER: ClassVar[str] = "add `preserve_concepts`, or raise `preserve_scale`"
     ERASED_FIELDS: ClassVar[tuple[str, ...]] = ("erase_concepts",)  # several concepts: all in one solve
     PAIRED_FIELDS: ClassVar[dict] = {"guide_concepts": ("erase_concepts", "preserve_concepts")}
     KEPT_FIELDS: ClassVar[tuple[str, ...]] = ("preserve_concepts",)
@@ -58,7 +58,7 @@ class UceConfig(EraseConfig):
                                           help="concept whose keys and values must not change (repeatable; default: "
                                                "the model profile's, else none)")
     erase_scale: float = option(1.0, group=UCE, help="weight of the erase terms")
-    preserve_scale: float = option(1.0, group=UCE, help="weight of the preserve terms")
+    preserve_scale: float | None = option(None, official=1.0, group=UCE, help="weight of the preserve terms")
     regularization: float = option(0.5, group=UCE, help="lambda, pull toward the old weights (0 can make the "
                                                         "solve singular)")
     edit_tokens: Literal["last-word", "to-end"] | None = option(
@@ -71,7 +71,7 @@ class UceConfig(EraseConfig):
         super().check()
         self.require_positive("erase_scale")
         for name in ("preserve_scale", "regularization"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise EraseError(f"`{name}` must be 0 or more, got {getattr(self, name)}")
         if not all(c.strip() for c in self.erase_concepts + self.preserve_concepts):
             raise EraseError("an `erase_concepts` or `preserve_concepts` entry is empty: give its text "
