@@ -30,6 +30,9 @@ class Session:
     work_dir: str | None = None  # OUT.incomplete: side files and checkpoints (None for an in-memory erase)
     step_callback: Callable[[int, dict], None] | None = None
     show_progress: bool = True
+    # each concept's own settings where one run erases several (Plan.checks), for a method that
+    # treats their data apart (SalUn's per-concept masks); empty for a one-concept erase
+    concept_configs: list = field(default_factory=list)
 
 
 @dataclass
@@ -224,14 +227,15 @@ def _record(config: EraseConfig, base: BaseModel, family: str, sources: dict, me
     }
 
 
-def _session(config: EraseConfig, pipeline, work_dir=None, step_callback=None, show_progress=True) -> Session:
+def _session(plan: Plan, pipeline, work_dir=None, step_callback=None, show_progress=True) -> Session:
     from .model_io import weights_fingerprint
     from .training import PhaseTimer, make_accelerator
 
+    config = plan.config
     accelerator = make_accelerator(config.mixed_precision, getattr(config, "gradient_accumulation_steps", 1), work_dir,
                                    getattr(config, "report_to", None))
     return Session(accelerator, PhaseTimer(accelerator.device), weights_fingerprint(pipeline), work_dir, step_callback,
-                   show_progress)
+                   show_progress, plan.checks if len(plan.checks) > 1 and not plan.sequential else [])
 
 
 def erase_pipeline(pipeline, config: EraseConfig, step_callback=None, show_progress=True) -> EraseResult:
@@ -248,7 +252,7 @@ def erase_pipeline(pipeline, config: EraseConfig, step_callback=None, show_progr
         run.check_family(family)
         run.check_inputs()
         run.check_with_pipeline(pipeline)
-    session = _session(plan.config, pipeline, step_callback=step_callback, show_progress=show_progress)
+    session = _session(plan, pipeline, step_callback=step_callback, show_progress=show_progress)
     method_record, artifacts = _run_checked(method, pipeline, plan, base, session)
     return EraseResult(None, _record(plan.config, base, family, plan.sources, method_record, session), artifacts)
 
@@ -277,7 +281,7 @@ def erase(config: EraseConfig, step_callback=None, show_progress=True) -> EraseR
     pipeline = load_pipeline(base, config.allow_pickle)
     for run in plan.runs:
         run.check_with_pipeline(pipeline)
-    session = _session(config, pipeline, output.partial, step_callback, show_progress)
+    session = _session(plan, pipeline, output.partial, step_callback, show_progress)
     accelerator = session.accelerator
     if accelerator.is_main_process:
         output.begin()

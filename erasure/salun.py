@@ -13,6 +13,9 @@ Adam lr 1e-5, batch 8, 100 steps (one epoch of 800 images), 800 images synthesiz
 steps at guidance 7.5, α = 0.1 for nudity and 0.5 class-wise, the whole UNet as scope, the
 misaligned target from the current model. The prompts follow its two protocols
 (erasure/prompts.py). A model profile may recommend its own values (each field says which).
+Several concepts in one run share one mask ranked on all their forget images (`concept_masks
+joint`, the default), or each concept's own mask merged (`per-concept`, the multi-concept issue's
+other option; the official code erases one concept per run).
 
 The config is importable without torch (the CLI builds and checks it first); torch, diffusers
 and the shared primitives are imported where the work starts.
@@ -23,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, ClassVar, Literal
 
 from .config import ImageSynthesisConfig, SynthesisConfig, option
-from .errors import EraseError
+from .errors import EraseError, shorten
 from .prompts import preset_prompts
 
 if TYPE_CHECKING:
@@ -144,6 +147,11 @@ class SalUnConfig(ForgetRetainConfig):
         None, official="unet", group=SALIENCY,
         help="where the top mask_ratio is ranked: over the whole UNet, then the scope's entries of that top share "
              "train (official code), or within the scope, so exactly mask_ratio of the scope trains")
+    concept_masks: Literal["joint", "per-concept"] = option(
+        "joint", group=SALIENCY,
+        help="several concepts in one run: one mask ranked on all their forget images (joint), or each concept's "
+             "own top mask_ratio from its own images, merged (per-concept: a concept with weaker gradients still "
+             "gets its share; the merged mask is denser)")
     # unlearning (steps, batch size, learning rate: TrainingConfig)
     retain_loss_weight: float | None = option(None, group="training", help="alpha, weight of the retain loss "
                                               "(default: the model profile's, else 0.1 for nudity, 0.5 otherwise)")
@@ -174,16 +182,41 @@ class SalUnConfig(ForgetRetainConfig):
         return saliency_mask_from_scores(gradients, self.mask_ratio)
 
 
-def compute_saliency(pipeline, forget: "LatentSet", config: SalUnConfig, accelerator, show_progress=True):
-    """The saliency mask over all UNet parameters (config.saliency_mask inside the scope, zero outside)."""
+def compute_saliency(pipeline, forget: "LatentSet", config: SalUnConfig, accelerator, show_progress=True,
+                     concept_configs: list = ()):
+    """The saliency mask over all UNet parameters (config.saliency_mask inside the scope, zero outside).
+    With `concept_masks` per-concept and several `concept_configs` (each concept's own settings), each
+    concept's forget images rank the weights apart and the masks merge: an entry any concept selects
+    may change (for soft masks, its largest weight)."""
+    import torch
+
     from .saliency import full_mask, in_scope
 
     unet = pipeline.unet
     # the weights the saliency is ranked over: the whole UNet (official) or the scope alone
     ranked = [n for n, _ in unet.named_parameters() if config.mask_ranking == "unet" or in_scope(n, config.scope)]
-    scores = forget_gradient_magnitudes(pipeline, forget, ranked, config, accelerator, show_progress)
-    scope_masks = {n: m for n, m in config.saliency_mask(scores).items() if in_scope(n, config.scope)}
+    groups = [forget]
+    if config.concept_masks == "per-concept" and len(concept_configs) > 1:
+        groups = [forget_subset(forget, c.forget_prompts) for c in concept_configs]
+    merged = None
+    for group in groups:
+        mask = config.saliency_mask(forget_gradient_magnitudes(pipeline, group, ranked, config, accelerator, show_progress))
+        merged = mask if merged is None else {n: torch.maximum(merged[n], m) for n, m in mask.items()}
+    scope_masks = {n: m for n, m in merged.items() if in_scope(n, config.scope)}
     return full_mask([(n, p.shape) for n, p in unet.named_parameters()], scope_masks)
+
+
+def forget_subset(forget: "LatentSet", prompts: list[str]) -> "LatentSet":
+    """The forget images captioned with one of `prompts` (one concept's of a joint erase)."""
+    from .data import LatentSet
+
+    wanted = set(prompts)
+    rows = [i for i, p in enumerate(forget.prompts) if p in wanted]
+    if not rows:
+        raise EraseError(f"no forget image is captioned with a forget prompt of one concept ({shorten(prompts[0])}), "
+                         "so `concept_masks` per-concept cannot rank its weights: caption the forget images with "
+                         "each concept's prompts, or use `concept_masks` joint")
+    return LatentSet(forget.latents[rows], [forget.prompts[i] for i in rows])
 
 
 def forget_gradient_magnitudes(pipeline, forget: "LatentSet", names: list[str], config: ForgetRetainConfig,
@@ -357,7 +390,8 @@ def erase_pipeline(pipeline, config: SalUnConfig, session) -> tuple[dict, dict]:
         forget, retain = build_sets(pipeline, config, accelerator, session.model_key, session.show_progress)
     mask_file = os.path.join(session.work_dir, "saliency_mask.safetensors") if session.work_dir else None
     with timer.phase("saliency"):
-        mask = cached_mask(mask_file, lambda: compute_saliency(pipeline, forget, config, accelerator, session.show_progress),
+        mask = cached_mask(mask_file, lambda: compute_saliency(pipeline, forget, config, accelerator, session.show_progress,
+                                                               session.concept_configs),
                            accelerator.is_main_process, concept=config.concept, ratio=config.mask_ratio,
                            scope=config.scope, method=config.method)
     with timer.phase("unlearning"):
@@ -370,10 +404,12 @@ def erase_pipeline(pipeline, config: SalUnConfig, session) -> tuple[dict, dict]:
     density, mean_weight, per_layer = mask_densities(mask)
     record = unlearning_record(config, forget, retain, logs, resumed_from, optimizer_state, trained)
     record["mask"] = {"ratio": config.mask_ratio, "scope": config.scope, "ranking": config.mask_ranking,
+                      "concepts": config.concept_masks if len(session.concept_configs) > 1 else "joint",
                       "density": density, "mean_weight": mean_weight, "layer_density": per_layer}
     record["summary"] += [
         ["saliency mask", f"{_mask_kind(mask)} over `{config.scope}` parameters, top {config.mask_ratio} of the "
-                          f"gradient magnitudes ranked over the {'whole UNet' if config.mask_ranking == 'unet' else 'scope'}; {density:.1%} of all UNet weights may change (`saliency_mask.safetensors`)"],
+                          f"gradient magnitudes ranked over the {'whole UNet' if config.mask_ranking == 'unet' else 'scope'}"
+                          f"{' for each concept apart, merged' if record['mask']['concepts'] == 'per-concept' else ''}; {density:.1%} of all UNet weights may change (`saliency_mask.safetensors`)"],
         ["unlearning", f"{config.steps} Adam steps, batch {config.batch_size}, learning rate {config.learning_rate}, "
                        f"retain loss weight {config.retain_loss_weight}, target from the {config.misaligned_target} "
                        f"model, mixed precision {config.mixed_precision}, seed {config.seed}"],

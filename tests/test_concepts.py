@@ -1,11 +1,12 @@
 """Several concepts in one erase: joint runs, sequential runs, per-concept self-checks, bad lists."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
-from conftest import erase_cli, unet_weights
+from conftest import FAST, erase_cli, unet_weights
 
 
 def test_joint_settings_keep_pairs_drop_what_another_concept_erases_and_refuse_conflicts():
@@ -86,6 +87,43 @@ def test_salun_erases_two_objects_at_once_on_the_shapes_world(tmp_path):
     base, erased = metrics["base"], metrics["erased"]
     assert all(erased["UA_by_concept"][c] >= base["UA_by_concept"][c] + 0.8 for c in ("circle", "square")), metrics
     assert erased["IRA"] >= base["IRA"] - 0.1 and erased["CRA"] >= base["CRA"] - 0.1, metrics
+
+
+def test_salun_per_concept_masks_merge_each_concepts_own_mask(tiny_sd, tmp_path):
+    """`--concept-masks per-concept`: each concept's forget images rank the weights apart, and an entry
+    either concept's top mask_ratio holds may change; the joint mask ranks all images together."""
+    from diffusers import StableDiffusionPipeline
+
+    from sd_erasure.erasure.data import LatentSet
+    from sd_erasure.erasure.salun import SalUnConfig, compute_saliency
+    from sd_erasure.erasure.saliency import load_mask
+    from sd_erasure.erasure.training import make_accelerator
+
+    pipe, accelerator = StableDiffusionPipeline.from_pretrained(str(tiny_sd)), make_accelerator()
+    prompts = {"cat": ["a photo of a cat"], "dog": ["a photo of a dog", "a dog running"]}
+    configs = {c: SalUnConfig(model="m", concept=c, forget_prompts=p).with_defaults({})[0] for c, p in prompts.items()}
+    joint = replace(configs["cat"], concept=["cat", "dog"], forget_prompts=prompts["cat"] + prompts["dog"])
+    captions = [p for _ in range(3) for p in joint.forget_prompts]
+    forget = LatentSet(torch.randn(len(captions), 4, 8, 8, generator=torch.Generator().manual_seed(0)), captions)
+    own = {c: compute_saliency(pipe, LatentSet(forget.latents[[i for i, p in enumerate(captions) if p in prompts[c]]],
+                                               [p for p in captions if p in prompts[c]]), joint, accelerator, False)
+           for c in prompts}
+    together = compute_saliency(pipe, forget, joint, accelerator, False, list(configs.values()))
+    merged = compute_saliency(pipe, forget, replace(joint, concept_masks="per-concept"), accelerator, False,
+                              list(configs.values()))
+    assert all(torch.equal(merged[n], own["cat"][n] | own["dog"][n]) for n in merged)
+    count = lambda mask: sum(int(m.sum()) for m in mask.values())  # noqa: E731
+    assert count(together) == count(own["cat"]) < count(merged) and any(
+        not torch.equal(together[n], merged[n]) for n in merged)
+
+    # through the CLI: recorded, and nothing outside the merged mask moved
+    out = tmp_path / "per-concept"
+    assert erase_cli("--model", tiny_sd, "--concept", "a cat", "--concept", "a dog", "--output", out, *FAST,
+                     "--concept-masks", "per-concept") in (0, 3)
+    record, mask = json.loads((out / "erasure.json").read_text()), load_mask(out / "saliency_mask.safetensors")
+    assert record["mask"]["concepts"] == "per-concept" and record["mask"]["density"] > 0.5
+    base, new = unet_weights(tiny_sd), unet_weights(out)
+    assert all(torch.equal(base[n].flatten()[~mask[n].flatten()], new[n].flatten()[~mask[n].flatten()]) for n in base)
 
 
 @pytest.mark.parametrize("lines, message", [
