@@ -40,7 +40,7 @@ def main(argv=None) -> list[dict]:
             plan = plan_erase(UceConfig(model="random", concept=[f"concept {k}" for k in range(count)]),
                               BaseModel("random", work))
             planned = time.perf_counter()
-            session = _session(plan.config, pipeline, show_progress=False)
+            session = _session(plan, pipeline, show_progress=False)
             record, _ = erase_pipeline(pipeline, plan.config, session)
             edit = time.perf_counter() - planned
             results.append(publish({
