@@ -95,7 +95,7 @@ def test_salun_per_concept_masks_merge_each_concepts_own_mask(tiny_sd, tmp_path)
     from diffusers import StableDiffusionPipeline
 
     from sd_erasure.erasure.data import LatentSet
-    from sd_erasure.erasure.salun import SalUnConfig, compute_saliency
+    from sd_erasure.erasure.salun import SalUnConfig, compute_saliency, forget_subset
     from sd_erasure.erasure.saliency import load_mask
     from sd_erasure.erasure.training import make_accelerator
 
@@ -105,9 +105,7 @@ def test_salun_per_concept_masks_merge_each_concepts_own_mask(tiny_sd, tmp_path)
     joint = replace(configs["cat"], concept=["cat", "dog"], forget_prompts=prompts["cat"] + prompts["dog"])
     captions = [p for _ in range(3) for p in joint.forget_prompts]
     forget = LatentSet(torch.randn(len(captions), 4, 8, 8, generator=torch.Generator().manual_seed(0)), captions)
-    own = {c: compute_saliency(pipe, LatentSet(forget.latents[[i for i, p in enumerate(captions) if p in prompts[c]]],
-                                               [p for p in captions if p in prompts[c]]), joint, accelerator, False)
-           for c in prompts}
+    own = {c: compute_saliency(pipe, forget_subset(forget, prompts[c]), joint, accelerator, False) for c in prompts}
     together = compute_saliency(pipe, forget, joint, accelerator, False, list(configs.values()))
     merged = compute_saliency(pipe, forget, replace(joint, concept_masks="per-concept"), accelerator, False,
                               list(configs.values()))
