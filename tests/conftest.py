@@ -50,6 +50,14 @@ def erased(tiny_sd, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def shapes_uce_circle(tmp_path_factory):
+    """UCE's erase of circle from the bundled shapes model with its profile, and the CLI's exit code:
+    shared by the tests that attack or judge it (erasing is seconds, but three times is not)."""
+    out = tmp_path_factory.mktemp("shapes-uce") / "uce-circle"
+    return out, erase_cli("--model", "shapes", "--method", "uce", "--concept", "circle", "--output", out)
+
+
 def unet_weights(folder) -> dict[str, torch.Tensor]:
     return load_file(os.path.join(folder, "unet", "diffusion_pytorch_model.safetensors"))
 

@@ -12,8 +12,6 @@ import sys
 import pytest
 import torch
 
-from conftest import erase_cli
-
 from sd_erasure.erasure.cli import main
 from sd_erasure.erasure.folders import resolve_model
 from sd_erasure.erasure.model_io import load_pipeline
@@ -81,9 +79,9 @@ def without_seconds(record):
             for name, part in record.items()}
 
 
-def test_sd_erase_attack_reports_resumes_and_refuses_bad_input(tmp_path, capsys):
-    erased = tmp_path / "uce-circle"
-    assert erase_cli("--model", "shapes", "--method", "uce", "--concept", "circle", "--output", erased) == 0
+def test_sd_erase_attack_reports_resumes_and_refuses_bad_input(shapes_uce_circle, tmp_path, capsys):
+    erased, code = shapes_uce_circle
+    assert code == 0
     out = tmp_path / "attack"
     args = ["attack", "--model", str(erased), "--concept", "circle", "--output", str(out), "--limit", "2",
             "--steps", "10", "--check-every", "5", "--images-per-prompt", "2"]
@@ -127,9 +125,9 @@ def test_sd_erase_attack_reports_resumes_and_refuses_bad_input(tmp_path, capsys)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
-def test_two_processes_attack_exactly_the_prompts_of_one(tmp_path):
-    erased = tmp_path / "uce-circle"
-    assert erase_cli("--model", "shapes", "--method", "uce", "--concept", "circle", "--output", erased) == 0
+def test_two_processes_attack_exactly_the_prompts_of_one(shapes_uce_circle, tmp_path):
+    erased, code = shapes_uce_circle
+    assert code == 0
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     args = ["attack", "--model", str(erased), "--concept", "circle", "--limit", "3", "--steps", "4",
             "--check-every", "2", "--images-per-prompt", "1", "--no-calibration", "--output"]

@@ -163,15 +163,18 @@ def test_bad_method_options_get_one_line_and_no_output(tiny_sd, tmp_path, capsys
 
 @pytest.mark.parametrize("method, ua_gain", [("uce", 0.9), ("esd", 0.3), ("salun-soft", 0.3), ("ca", 0.5),
                                              ("scissorhands", 0.5), ("erasediff", 0.5)])
-def test_each_method_erases_circle_on_the_shapes_world(tmp_path, method, ua_gain):
+def test_each_method_erases_circle_on_the_shapes_world(tmp_path, method, ua_gain, request):
     """The shapes model's recommended settings per method (short runs; the full table is benchmarks/compare_methods)."""
     from sd_erasure.evaluation.metrics import Protocol
     from sd_erasure.evaluation.suite import evaluate_shapes
 
-    shorter = {"uce": [], "esd": ["--steps", "400", "--learning-rate", "2.5e-4"], "ca": ["--num-images", "128"], "salun-soft": ["--num-images", "128"],
-               "scissorhands": ["--num-images", "128"], "erasediff": ["--num-images", "128"]}[method]
-    out = tmp_path / method
-    code = erase_cli("--model", "shapes", "--concept", "circle", "--output", out, "--method", method, *shorter)
+    shorter = {"esd": ["--steps", "400", "--learning-rate", "2.5e-4"], "ca": ["--num-images", "128"], "salun-soft": ["--num-images", "128"],
+               "scissorhands": ["--num-images", "128"], "erasediff": ["--num-images", "128"]}
+    if method == "uce":  # the profile's UCE erase, which the attack tests share
+        out, code = request.getfixturevalue("shapes_uce_circle")
+    else:
+        out = tmp_path / method
+        code = erase_cli("--model", "shapes", "--concept", "circle", "--output", out, "--method", method, *shorter[method])
     metrics = evaluate_shapes(str(out), "circle", str(tmp_path / "report"), protocol=Protocol(images_per_prompt=2),
                               show_progress=False)
     base, erased = metrics["base"], metrics["erased"]
