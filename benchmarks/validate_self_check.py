@@ -28,6 +28,7 @@ SETTINGS = {
     "partial": ["--learning-rate", "3e-4"],
     "profile": [],
     "full-scope": ["--learning-rate", "3e-4", "--scope", "full"],
+    "uce-official": ["--method", "uce", "--preserve-scale", "1"],  # the shapes profile preserves 30x harder; not in `methods`
     "uce": ["--method", "uce"],
     # every other method with the model profile's settings; AdvUnlearn shortened to its test's length
     **{m: ["--method", m] for m in ("salun-soft", "esd", "ca", "scissorhands", "fmn", "slug", "erasediff", "seot", "spm")},
