@@ -111,8 +111,6 @@ def _read_metrics(path: str | None, command: str, key: str) -> dict | None:
 def build_model_card(folder: str, repo_id: str, license: str | None = None, metrics_file: str | None = None,
                      attack_metrics_file: str | None = None) -> ModelCard:
     """Render hub_cards/model_card.md for an erase output, with Hub metadata and checked YAML."""
-    from .self_check import describe
-
     record = read_erase_output(folder)
     license = license or base_model_license(record)
     if not license:
@@ -122,6 +120,8 @@ def build_model_card(folder: str, repo_id: str, license: str | None = None, metr
                          "creativeml-openrail-m or openrail++")
     metrics = _read_metrics(metrics_file, "sd-erase evaluate", "erased")
     attack = _read_metrics(attack_metrics_file, "sd-erase attack", "asr")
+    from .self_check import describe  # torch and diffusers: imported once the input is known to be good
+
     base_id, method = record["base_model"]["id"], record["method"]
     adapter = is_adapter_only(folder)
     registered = methods().get(method)  # a method registered by a plugin that is not loaded: its name only

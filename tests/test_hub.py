@@ -13,8 +13,9 @@ from hub_endpoint import HubEndpoint
 TOKEN = "hf_testtoken_DoNotLeak_1234567890"
 
 
-def sd_erase(*args, endpoint=None, token=TOKEN):
-    """The CLI in a fresh process: HF_ENDPOINT is read when huggingface_hub is imported."""
+def sd_erase(*args, endpoint=None, token=TOKEN, then=""):
+    """The CLI in a fresh process: HF_ENDPOINT is read when huggingface_hub is imported. `then`: Python
+    run after the CLI in the same process (its exit code in `code`), e.g. to look at what it imported."""
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     env.pop("HF_TOKEN", None)
     env.update(HF_HOME=os.environ["HF_HOME"], PYTHONPATH=REPO)
@@ -22,8 +23,9 @@ def sd_erase(*args, endpoint=None, token=TOKEN):
         env["HF_ENDPOINT"] = endpoint.url
     if token:
         env["HF_TOKEN"] = token
-    return subprocess.run([sys.executable, "-m", "sd_erasure.erasure.cli", *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=300)
+    command = ["-m", "sd_erasure.erasure.cli", *map(str, args)] if not then else [
+        "-c", f"from sd_erasure.erasure.cli import main\ncode = main({list(map(str, args))!r})\n{then}"]
+    return subprocess.run([sys.executable, *command], env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +133,12 @@ def test_bad_push_input_exits_2_before_any_request(erase_output, endpoint, args,
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert TOKEN not in done.stderr + done.stdout
     assert endpoint.requests == []
+
+
+def test_a_bad_license_is_refused_before_torch_is_imported(erase_output, endpoint):
+    done = sd_erase("push", erase_output, "--repo-id", "alice/x", "--license", "my-own-licence", endpoint=endpoint,
+                    then="import sys; print(code, 'torch' in sys.modules)")
+    assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
 
 
 def test_folder_that_is_not_an_erase_output_is_refused(tiny_sd, endpoint):
