@@ -93,6 +93,9 @@ class SlugConfig(ForgetRetainData):
     gradient_batch_size: int = option(4, group=SLUG, help="image-prompt pairs per gradient batch (official notebook); "
                                                           "the retain loss is contrastive within a batch")
     search_steps: int = option(10, group=SLUG, help="evaluations of the binary search for the step size (official)")
+    search_batch_size: int | None = option(
+        None, group=SLUG, help="images per pipeline call when the search generates (default: synthesis_batch_size); "
+                               "every image has its own seed, so only speed and memory depend on it")
     search_metric: Literal["generated", "clip"] = option(
         "generated", group=SLUG,
         help="what the step-size search classifies with CLIP: images the edited pipeline generates from the forget "
@@ -113,7 +116,7 @@ class SlugConfig(ForgetRetainData):
 
     def check(self) -> None:
         super().check()
-        self.require_positive("gradient_batch_size", "search_steps")
+        self.require_positive("gradient_batch_size", "search_steps", "search_batch_size")
         if self.forget_accuracy is not None and not 0 <= self.forget_accuracy < 1:
             raise EraseError(f"`forget_accuracy` {self.forget_accuracy} is outside [0, 1): use 0 for none left")
         if not 0 <= self.max_retain_drop <= 1:
@@ -494,7 +497,7 @@ def generate(pipeline, config: SlugConfig, prompts: list[str], device) -> list:
     own, pipeline.scheduler = pipeline.scheduler, sampler
     pipeline.set_progress_bar_config(disable=True)
     resolution = data_resolution(pipeline, config)
-    images, size = [], config.synthesis_batch_size
+    images, size = [], config.search_batch_size or config.synthesis_batch_size
     try:
         for start in range(0, len(prompts), size):
             images += pipeline(prompt=prompts[start:start + size], num_inference_steps=config.synthesis_steps,

@@ -1,6 +1,7 @@
 """SLUG: one layer group of the text encoder changes by one gradient step, the rest stays bit-identical,
 the output is a stock pipeline, it erases circle on the shapes world, and its bad inputs get one line."""
 
+import dataclasses
 import json
 import os
 
@@ -104,3 +105,20 @@ def test_bundled_image_tower_reads_the_bundled_text_encoder():
     named = [classes[i] for i in scores.argmax(1).tolist()]
     truth = [TEMPLATES[0].format(style=s.style, object=s.object) for s in samples]
     assert sum(a == b for a, b in zip(named, truth)) >= 90
+
+
+def test_the_search_draws_the_same_images_in_calls_of_any_size(tiny_sd):
+    """search_batch_size is a speed knob: each image keeps its own seed (the shapes profile sets 20)."""
+    import numpy as np
+    from diffusers import StableDiffusionPipeline
+
+    from sd_erasure.erasure.slug import SlugConfig, generate
+
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny_sd)
+    prompts = ["a cat", "a dog", "a red car", "a tree", "a house"]
+    config = SlugConfig(model=str(tiny_sd), concept="a cat", synthesis_steps=2, synthesis_batch_size=2)
+    drawn = [generate(pipeline, settings, prompts, "cpu") for settings in
+             (config, dataclasses.replace(config, search_batch_size=5), dataclasses.replace(config, search_batch_size=3))]
+    assert all(len(images) == len(prompts) for images in drawn)
+    for images in drawn[1:]:
+        assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(drawn[0], images))
