@@ -39,7 +39,7 @@ from diffusers import DDPMScheduler
 
 from ..pipelines.suppress_eot import suppression_of
 from .data import data_resolution, synthesize_latents
-from .diffusion import encode_prompts, per_sample_mse, prediction_target, seeded_generator, stack_embeddings
+from .diffusion import encode_prompts, per_sample_mse, prediction_target, seeded_generator
 from .concepts import clear_of
 from .prompts import preset_prompts
 
@@ -99,6 +99,8 @@ class SelfCheck:
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         resolution = data_resolution(pipeline, config)
         self.images = config.self_check_images
+        # the memory the user allowed synthesis (two samples per image with guidance)
+        self.call_size = 2 * (getattr(config, "synthesis_batch_size", None) or 8)
         synthesis = dict(num_images=self.images, seed=config.seed, resolution=resolution, guidance_scale=7.5,
                          num_inference_steps=getattr(config, "synthesis_steps", None) or 25,
                          batch_size=getattr(config, "synthesis_batch_size", None) or 8,
@@ -133,22 +135,32 @@ class SelfCheck:
                      name: str) -> dict[str, list[float]]:
         """Mean denoising error of `latents` under each set of prompts (one prompt per latent), at each
         of the fixed timesteps, with fixed noise: every set sees the same noised latents.
-        `embeddings_at(share)` gives the prompt embeddings at a timestep share."""
+        `embeddings_at(share)` gives the prompt embeddings at a timestep share.
+
+        Every (image, timestep, prompt set) triple is one sample of a few large UNet calls, of at most
+        `call_size` samples: on a small model the per-call overhead, not the samples, was the cost."""
         T = self.noise_scheduler.config.num_train_timesteps
+        noised = {}  # (image, level) -> (noisy latent, target): the same for every prompt set
+        for level, share in enumerate(TIMESTEPS):
+            t = torch.full((len(latents),), int(share * T), dtype=torch.long)
+            noise = torch.stack([torch.randn(latents.shape[1:], generator=seeded_generator(self.seed, "self-check",
+                                                                                          name, i, share))
+                                 for i in range(len(latents))])
+            noisy = self.noise_scheduler.add_noise(latents, noise, t)
+            target = prediction_target(self.noise_scheduler, latents, noise, t)
+            noised.update({(i, level): (noisy[i], target[i]) for i in range(len(latents))})
+        samples = [(i, level, key) for i in range(len(latents)) for level in range(len(TIMESTEPS)) for key in prompt_sets]
         totals = {key: [0.0] * len(TIMESTEPS) for key in prompt_sets}
-        for start in range(0, len(latents), 8):
-            batch = latents[start:start + 8].to(self.device)
-            for level, share in enumerate(TIMESTEPS):
-                t = torch.full((len(batch),), int(share * T), dtype=torch.long, device=self.device)
-                noise = torch.stack([torch.randn(batch.shape[1:], generator=seeded_generator(self.seed, "self-check",
-                                                                                            name, start + i, share))
-                                     for i in range(len(batch))]).to(self.device)
-                noisy = self.noise_scheduler.add_noise(batch, noise, t)
-                target = prediction_target(self.noise_scheduler, batch, noise, t)
-                for key, prompts in prompt_sets.items():
-                    with self.autocast():
-                        prediction = unet(noisy, t, stack_embeddings(embeddings_at(share), prompts[start:start + 8])).sample
-                    totals[key][level] += float(per_sample_mse(prediction, target).sum())
+        for start in range(0, len(samples), self.call_size):
+            chunk = samples[start:start + self.call_size]
+            noisy = torch.stack([noised[i, level][0] for i, level, _ in chunk]).to(self.device)
+            target = torch.stack([noised[i, level][1] for i, level, _ in chunk]).to(self.device)
+            t = torch.tensor([int(TIMESTEPS[level] * T) for _, level, _ in chunk], device=self.device)
+            embeddings = torch.stack([embeddings_at(TIMESTEPS[level])[prompt_sets[key][i]] for i, level, key in chunk])
+            with self.autocast():
+                prediction = unet(noisy, t, embeddings).sample
+            for (_, level, key), error in zip(chunk, per_sample_mse(prediction, target).tolist()):
+                totals[key][level] += error
         return {key: [total / len(latents) for total in level_totals] for key, level_totals in totals.items()}
 
     def errors(self, pipeline) -> dict:
