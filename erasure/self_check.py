@@ -48,6 +48,7 @@ MIN_BASE_MARGIN = 0.01  # below this share of the anchor's error the base model 
 MIN_LEVEL_SHARE = 0.05  # a timestep whose base margin is below this share of the whole says little on its own
 RETAIN_BUDGET = 0.10  # retain drift within which the rest of the model counts as kept
 TIMESTEPS = (0.1, 0.3, 0.5, 0.7, 0.9)  # shares of the training schedule at which every image is noised
+UNMOVED = 0.9  # --until-erased: a round that kept more of the margin barely moved the concept
 EXIT_NOT_ERASED = 3  # `sd-erase erase` exits with this when the check finds the concept still there
 
 
@@ -288,22 +289,26 @@ def next_round(config, check: dict, tried: dict):
     """The config of the next --until-erased round after `check`, or None when there is nothing to change.
 
     The retain set drifting over budget: the method's narrower variant first, if it has one (SalUn:
-    cross-attention only, the base model's target), since a higher rate would move the rest more.
-    Else, not erased: a higher learning rate (x10 when the margin barely moved, else x3; between the
-    last rate that failed and the lowest that erased, once one has); erased: a lower rate. `tried`
-    carries the bounds from round to round.
+    cross-attention only, the base model's target), since a higher rate would move the rest more;
+    at a rate x10 when the concept's margin barely moved. Else, not erased: a higher learning rate
+    (x10 when the margin barely moved, else x3; between the last rate that failed and the lowest
+    that erased, once one has); erased: a lower rate. `tried` carries the bounds from round to round.
     """
     if passed(check) or check["margin_remaining"] is None:
         return None
     rate = config.learning_rate
+    unmoved = not check["erased"] and check["margin_remaining"] > UNMOVED
     narrower = None if check["retain_kept"] else config.narrower()
     if narrower is not None:
-        tried.clear()  # another set of weights: rates tried so far say little about it
-        return narrower
+        tried.clear()  # another set of weights: rates tried so far say little about it...
+        if not unmoved:
+            return narrower
+        tried["failed"] = rate  # ...but fewer weights at a rate that did not move the concept through more would not
+        return replace(narrower, learning_rate=max(rate, 1e-6) * 10)
     if not check["erased"]:
         tried["failed"] = max(tried.get("failed", 0.0), rate)
         if "erased" in tried:
             return replace(config, learning_rate=(tried["failed"] * tried["erased"]) ** 0.5)
-        return replace(config, learning_rate=max(rate, 1e-6) * (10 if check["margin_remaining"] > 0.9 else 3))
+        return replace(config, learning_rate=max(rate, 1e-6) * (10 if unmoved else 3))
     tried["erased"] = min(tried.get("erased", float("inf")), rate)
     return replace(config, learning_rate=(tried["failed"] * rate) ** 0.5 if tried.get("failed") else rate / 3)

@@ -33,9 +33,14 @@ def test_next_round_follows_the_evidence():
     assert next_round(narrower, verdict(0.2), tried) is None  # passed
 
     official = SalUnConfig(model="m", concept="c", learning_rate=1e-5, scope="full", misaligned_target="current")
-    gentler = next_round(official, verdict(0.92, kept=False), {})  # the rest moves more than the concept
+    tried = {}
+    gentler = next_round(official, verdict(0.7, kept=False), tried)  # the rest moves more than the concept
     assert (gentler.scope, gentler.misaligned_target, gentler.learning_rate) == ("xattn", "base", 1e-5)
-    assert next_round(gentler, verdict(0.92, kept=False), {}).learning_rate == pytest.approx(1e-4)  # nothing narrower
+    assert next_round(gentler, verdict(0.7, kept=False), tried).learning_rate == pytest.approx(3e-5)  # nothing narrower
+    # the concept did not move: fewer weights at that rate would not move it either
+    gentler_faster = next_round(official, verdict(0.92, kept=False), tried)
+    assert (gentler_faster.scope, gentler_faster.learning_rate) == ("xattn", pytest.approx(1e-4))
+    assert next_round(gentler_faster, verdict(0.1, kept=False), tried).learning_rate == pytest.approx((1e-5 * 1e-4) ** 0.5)
 
     esd = EsdConfig(model="m", concept="c", learning_rate=1e-4, train_method="x")  # already narrow: between the bounds
     tried = {}
