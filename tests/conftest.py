@@ -1,6 +1,7 @@
 """Tests run offline on tiny Stable Diffusion pipelines with random weights, built here."""
 
 import os
+import sys
 import tempfile
 
 # Before huggingface_hub is imported: it reads these at import time.
@@ -17,7 +18,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-torch.set_num_threads(2)
+# The suite runs in one pytest-xdist worker per core (setup.cfg): one thread each, since a worker's
+# tiny models keep a second thread busy only part of the time; alone, 2 threads.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout: PYTHONPATH of subprocesses
 
@@ -56,6 +60,12 @@ def shapes_uce_circle(tmp_path_factory):
     shared by the tests that attack or judge it (erasing is seconds, but three times is not)."""
     out = tmp_path_factory.mktemp("shapes-uce") / "uce-circle"
     return out, erase_cli("--model", "shapes", "--method", "uce", "--concept", "circle", "--output", out)
+
+
+def torchrun(processes: int = 2) -> list[str]:
+    """The command that starts a module in `processes` CPU processes; --standalone picks a free port,
+    so runs in parallel test workers do not meet."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
 
 
 def unet_weights(folder) -> dict[str, torch.Tensor]:

@@ -12,6 +12,8 @@ import sys
 import pytest
 import torch
 
+from conftest import torchrun
+
 from sd_erasure.erasure.cli import main
 from sd_erasure.erasure.folders import resolve_model
 from sd_erasure.erasure.model_io import load_pipeline
@@ -134,7 +136,7 @@ def test_two_processes_attack_exactly_the_prompts_of_one(shapes_uce_circle, tmp_
     one = subprocess.run([sys.executable, "-m", "sd_erasure.erasure.cli", *args, str(tmp_path / "one")], env=env,
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+    two = subprocess.run([*torchrun(), "-m",
                           "sd_erasure.erasure.cli", *args, str(tmp_path / "two")], env=env, capture_output=True,
                          text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, torchrun
 from sd_erasure.evaluation.generate import GenerationSettings, generate_images
 from sd_erasure.evaluation.nudity import detect_nudity, summarize_nudity
 from sd_erasure.evaluation.prompt_sets import BUILTIN, PROMPT_DIR, load_prompts
@@ -116,7 +116,7 @@ def test_two_processes_write_exactly_the_files_of_one(tiny_sd, tmp_path):
     one = subprocess.run([sys.executable, str(tmp_path / "gen.py"), str(tmp_path / "one")], env=env,
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+    two = subprocess.run([*torchrun(),
                           str(tmp_path / "gen.py"), str(tmp_path / "two")], env=env, capture_output=True, text=True,
                          timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from sd_erasure.erasure.masked_adam import MaskedAdam
 
-from conftest import REPO, unet_weights
+from conftest import REPO, torchrun, unet_weights
 
 
 
@@ -57,7 +57,7 @@ def test_two_processes_erase_like_one_with_the_same_global_batch(tiny_sd, tmp_pa
     one = subprocess.run([sys.executable, *common, "--batch-size", "4", "--output", str(tmp_path / "one")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *common,
+    two = subprocess.run([*torchrun(), *common,
                           "--batch-size", "2", "--output", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-8000:]  # torchrun's summary is long: keep the rank's traceback

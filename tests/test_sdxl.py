@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from conftest import (REPO, SMOKE_CHECK, SMOKE_RUNS, assert_resume_reproduces, changed_components, erase_cli,
-                      random_clip)
+                      random_clip, torchrun)
 from sd_erasure import methods
 
 WEIGHTS = {"unet": "unet/diffusion_pytorch_model.safetensors", "text_encoder": "text_encoder/model.safetensors",
@@ -208,7 +208,7 @@ def test_advunlearn_trains_both_text_encoders_as_a_lora_on_two_processes_that_pl
     args, _ = SMOKE_RUNS["advunlearn"]
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": REPO, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+    run = subprocess.run([*torchrun(), "-m",
                           "sd_erasure.erasure.cli", "erase", "--model", str(sdxl), "--concept", "a cat", "--output",
                           str(out), "--method", "advunlearn", *args, "--warmup-steps", "1",
                           "--attack-steps", "2", "--adapter", "lora", "--output-format", "both"],
