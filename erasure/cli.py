@@ -158,7 +158,15 @@ def cmd_erase(args) -> int:
         print(f"pushed: {push(result.output_dir, push_to, private=private, license=license)}")
     from .self_check import EXIT_NOT_ERASED, describe
 
-    print(EraseError(describe(result.record["self_check"], config)).with_flags(flags()))
+    check = result.record["self_check"]
+    if getattr(config, "until_erased", False) and result.erased is False:  # its rounds already did what the advice says
+        rounds = len(result.record["rounds"])
+        why = ("raise `max_rounds`" if rounds == config.max_rounds
+               else "a higher rate moved the concept no further; other prompts or another method may")
+        line = f"{describe(check)} — after {rounds} `until_erased` round{'s' * (rounds > 1)} (erasure.json: `rounds`): {why}"
+    else:
+        line = describe(check, config)
+    print(EraseError(line).with_flags(flags()))
     return EXIT_NOT_ERASED if result.erased is False else 0
 
 

@@ -49,6 +49,11 @@ def test_next_round_follows_the_evidence():
     assert between.learning_rate == pytest.approx((1e-4 * 3e-4) ** 0.5)
     assert next_round(esd, verdict(None), {}) is None  # the check cannot tell: nothing to adapt to
 
+    tried = {}
+    higher = next_round(esd, verdict(0.6), tried)
+    assert higher.learning_rate == pytest.approx(3e-4)
+    assert next_round(higher, verdict(0.7), tried) is None  # a higher rate moved it no further: stop
+
 
 def test_check_prompts_come_from_the_config_then_the_profile_then_the_preset(tmp_path):
     profile_file = tmp_path / "sd_erasure_profile.json"
