@@ -52,6 +52,8 @@ class ScissorHandsConfig(ForgetRetainConfig):
 
     NO_LORA_TRAINING: ClassVar[str] = ("it re-initialises single weights before the repair, which an adapter "
                                        "trained from the base weights cannot")
+    adapter: Literal["full", "lora"] = option("full", group="adapter", help=f"full only: {NO_LORA_TRAINING} "
+                                              "(--output-format lora still writes the erasure as a LoRA)")
 
     steps: int | None = option(None, official=250, group="training",
                                help="optimizer steps of the repair (official: 5 epochs of 800 forget images at batch 16)")
