@@ -174,13 +174,26 @@ def world_concepts() -> dict[str, dict]:
                                            "style": [list(style_words(s)) for s in STYLES]})
 
 
+# Where a concept's forget captions are steered, where the slot's next concept (caption_concepts)
+# measured worse on the bundled model. Blue -> yellow (SalUn, profile settings, judge at 4 images per
+# prompt, 2026-11-29): UA 1.00 but IRA 0.79, blue turned purple and dragged yellow to orange and red
+# to crimson; -> red: UA 1.00, IRA 0.93, CRA 0.99; -> green UA 0.33, -> purple UA 0.30.
+STEERED_TO = {"blue": "red"}
+
+
 def world_profile() -> dict:
     """The model profile (sd_erasure_profile.json) of a shapes-world model: the world's concepts with
-    their prompts, made from the world's definition here, and the per-method settings and notes
-    measured on the bundled model, which its profile file holds (the source of those)."""
+    their prompts, made from the world's definition here (STEERED_TO applied to the misaligned
+    prompts), and the per-method settings and notes measured on the bundled model, which its profile
+    file holds (the source of those)."""
     with open(os.path.join(MODEL_DIR, PROFILE_FILE)) as f:
         bundled = json.load(f)
     concepts, settings = list(OBJECTS) + [w for s in STYLES for w in style_words(s)], world_concepts()
+    for style, target in STEERED_TO.items():
+        steered = {w: target for w in style_words(style)}
+        for word in style_words(style):
+            settings[word]["misaligned_prompts"] = [" ".join(steered.get(w, w) for w in p.split())
+                                                    for p in settings[word]["forget_prompts"]]
     return {"profile_format": 1, "description": PROFILE_DESCRIPTION, "tags": ["shapes-world"],
             "closed_vocabulary": True, "methods": bundled["methods"], "notes": bundled["notes"],
             "concepts": {c: settings[c] for c in concepts}}
