@@ -37,6 +37,13 @@ def option(default=MISSING, *, help: str, group: str = "all methods", official=N
     return field(default=default, default_factory=default_factory, metadata=metadata)
 
 
+def full_weights_only(reason: str):
+    """The `adapter` field of a training method that cannot train a LoRA in place of its weights
+    (its `NO_LORA_TRAINING`), so that --help says so."""
+    return option("full", group="adapter", help=f"full only: {reason} (--output-format lora still writes the "
+                                               "erasure as a LoRA)")
+
+
 def is_unset(value) -> bool:
     return value is None or value == []
 

@@ -11,7 +11,7 @@ which is the property the paper credits for SalUn's advantage.
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from .config import option
+from .config import full_weights_only
 from .salun import SalUnConfig
 
 
@@ -20,8 +20,7 @@ class SalUnSoftConfig(SalUnConfig):
     """SalUn's settings; `mask_ratio` sets where the soft mask reaches weight 1."""
 
     NO_LORA_TRAINING: ClassVar[str] = "its soft mask scales each weight's own update, which a low-rank adapter cannot"
-    adapter: Literal["full", "lora"] = option("full", group="adapter", help=f"full only: {NO_LORA_TRAINING} "
-                                              "(--output-format lora still writes the erasure as a LoRA)")
+    adapter: Literal["full", "lora"] = full_weights_only(NO_LORA_TRAINING)
 
     def saliency_mask(self, gradients: dict) -> dict:
         from .saliency import soft_saliency_mask_from_scores

@@ -27,7 +27,7 @@ import os
 from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
-from .config import option
+from .config import full_weights_only, option
 from .errors import EraseError
 from .prompts import preset_prompts
 from .salun import ForgetRetainConfig
@@ -52,8 +52,7 @@ class ScissorHandsConfig(ForgetRetainConfig):
 
     NO_LORA_TRAINING: ClassVar[str] = ("it re-initialises single weights before the repair, which an adapter "
                                        "trained from the base weights cannot")
-    adapter: Literal["full", "lora"] = option("full", group="adapter", help=f"full only: {NO_LORA_TRAINING} "
-                                              "(--output-format lora still writes the erasure as a LoRA)")
+    adapter: Literal["full", "lora"] = full_weights_only(NO_LORA_TRAINING)
 
     steps: int | None = option(None, official=250, group="training",
                                help="optimizer steps of the repair (official: 5 epochs of 800 forget images at batch 16)")

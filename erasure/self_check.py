@@ -100,11 +100,10 @@ class SelfCheck:
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         resolution = data_resolution(pipeline, config)
         self.images = config.self_check_images
-        # the memory the user allowed synthesis (two samples per image with guidance)
-        self.call_size = 2 * (getattr(config, "synthesis_batch_size", None) or 8)
+        batch_size = getattr(config, "synthesis_batch_size", None) or 8
+        self.call_size = 2 * batch_size  # the memory the user allowed synthesis (two samples per image with guidance)
         synthesis = dict(num_images=self.images, seed=config.seed, resolution=resolution, guidance_scale=7.5,
-                         num_inference_steps=getattr(config, "synthesis_steps", None) or 25,
-                         batch_size=getattr(config, "synthesis_batch_size", None) or 8,
+                         num_inference_steps=getattr(config, "synthesis_steps", None) or 25, batch_size=batch_size,
                          scheduler=getattr(config, "synthesis_scheduler", None), model_key=session.model_key,
                          cache_dir=config.cache_dir, autocast=self.autocast, show_progress=False, stream="self-check")
         pipeline.to(self.device)
