@@ -19,8 +19,12 @@ def test_tiny_benchmark_runs_esd_and_uce():
     assert set(esd["seconds"]) == {"self_check", "data", "training", "save"} and esd["seconds_per_step"] > 0
     uce = main(["--size", "tiny", "--method", "uce"])
     assert set(uce["seconds"]) == {"self_check", "edit", "save"}
-    many = bench_uce_concepts.main(["--size", "tiny", "--concepts", "3", "12"])
+    many = bench_uce_concepts.main(["--size", "tiny", "--concepts", "3", "12", "--lora"])
     assert [row["erase_texts"] for row in many] == [3, 12] and all(row["seconds"]["edit"] > 0 for row in many)
+    # each count's adapter is its own edit (from the base), exact, at rank ≤ its number of erase texts
+    assert many[0]["lora"]["ranks"] == [3] and max(many[1]["lora"]["ranks"]) <= 12
+    assert all(row["lora"]["max_weight_error"] <= 1e-5 and row["lora"]["adapter_bytes"] < row["lora"]["dense_bytes"]
+               for row in many)
 
 
 def test_tiny_optimizer_and_generation_benchmarks_run():

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from conftest import FAST, erase_cli, unet_weights
@@ -81,3 +82,25 @@ def test_apply_fuses_the_adapter_into_a_checkpoint_and_refuses_another_architect
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sd-erase")]
     assert len(err) == 1 and "the adapter was made on" in err[0] and "apply it to a checkpoint with the architecture of" in err[0], err
     assert not refused.exists() and not (tmp_path / "refused.incomplete").exists()
+
+
+def test_the_fast_factorization_keeps_what_the_full_svd_keeps():
+    """lora_export.low_rank_svd's randomized path must give the rank and error the full SVD gives:
+    low-rank deltas (UCE's), one under the float32 floor of its weight, and full-rank ones (SalUn's)."""
+    from sd_erasure.erasure.lora_export import EXACT_TOLERANCE, lora_factors
+
+    generator = torch.Generator().manual_seed(0)
+    weight = 0.02 * torch.randn(320, 192, generator=generator)
+
+    def product(rank, scale):
+        return (weight + scale * torch.randn(320, rank, generator=generator)
+                @ torch.randn(rank, 192, generator=generator)) - weight
+
+    sparse = 1e-3 * torch.randn(320, 192, generator=generator) * (torch.rand(320, 192, generator=generator) < 0.5)
+    for delta in (product(1, 1e-3), product(3, 1e-4), product(20, 1.0), product(1, 1e-7), sparse):
+        s = torch.linalg.svd(delta).S
+        full_rank = int((s > s[0] * EXACT_TOLERANCE).sum())
+        a, b, error = lora_factors(delta, None)
+        assert a.shape[0] == full_rank
+        assert error <= float(s[full_rank:].norm() / s.norm()) + 1e-5
+        assert error == pytest.approx(float(torch.linalg.norm(delta - b @ a) / delta.norm()), rel=1e-3)
