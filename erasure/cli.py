@@ -8,6 +8,7 @@ here with nothing else to edit. Nothing heavy is imported until the input has be
 import argparse
 import json
 import os
+import shlex
 import sys
 from dataclasses import fields
 
@@ -152,7 +153,11 @@ def cmd_erase(args) -> int:
     result = erase(config)
     if result.record is None:  # the other processes of a multi-process run
         return 0
-    if getattr(args, "push_to_hub", False):
+    if getattr(args, "push_to_hub", False) and result.erased is False:  # never publish what failed its own check
+        print(f"not pushed: the self-check finds the concept still there (below); to publish it anyway: "
+              f"sd-erase push {shlex.quote(result.output_dir)} --repo-id {push_to}"
+              + (" --private" if private else "") + (f" --license {license}" if license else ""))
+    elif getattr(args, "push_to_hub", False):
         from .hub import push
 
         print(f"pushed: {push(result.output_dir, push_to, private=private, license=license)}")

@@ -159,6 +159,18 @@ def test_erase_with_push_to_hub_checks_the_token_first_then_pushes(tiny_sd, endp
     assert (tmp_path / "received" / "model_index.json").is_file()
 
 
+def test_erase_with_push_to_hub_does_not_publish_what_its_self_check_finds_not_erased(endpoint, tmp_path):
+    out = tmp_path / "dry-run"
+    done = sd_erase("erase", "--model", "shapes", "--concept", "circle", "--output", out, "--num-images", "64",
+                    "--learning-rate", "0", "--steps", "10", "--push-to-hub", "--hub-model-id", "alice/not-erased",
+                    "--license", "mit", endpoint=endpoint)
+    lines = done.stdout.strip().splitlines()
+    assert done.returncode == 3 and lines[-1].startswith("NOT erased"), done.stdout + done.stderr
+    assert lines[-2] == f"not pushed: the self-check finds the concept still there (below); to publish it anyway: " \
+                        f"sd-erase push {out} --repo-id alice/not-erased --license mit"
+    assert endpoint.commits == [] and (out / "model_index.json").is_file()  # the output is kept, unpublished
+
+
 def test_push_to_a_branch_creates_it_and_commits_there(erase_output, endpoint):
     done = sd_erase("push", erase_output, "--repo-id", "alice/branchy", "--license", "mit", "--revision", "dev",
                     "--commit-message", "erased nudity", endpoint=endpoint)
