@@ -72,7 +72,8 @@ def plan_erase(config: EraseConfig, base: BaseModel) -> Plan:
     filled = []
     for concept in config.concepts:
         one = replace(config, concept=concept)
-        settings = base.profile.settings(type(one), method_of(one).name, concept) if base.profile else {}
+        settings = (base.profile.settings(type(one), method_of(one).name, concept, lora=one.trains_lora)
+                    if base.profile else {})
         one, sources = one.with_defaults(settings)
         one.check()
         filled.append((one, sources))

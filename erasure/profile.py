@@ -8,7 +8,8 @@ bundled shapes model does; an erase output keeps its base's). Format (every key 
       "description": "what the model is",
       "tags": ["shapes-world"],                       # added to the Hub card's tags
       "closed_vocabulary": true,                      # refuse concepts that `concepts` does not list
-      "methods": {"<method>": {"<field>": value}},     # per registered method, its config's fields
+      "methods": {"<method>": {"<field>": value,       # per registered method, its config's fields;
+                               "adapter_lora": {"<field>": value}}},  # over those when it trains a LoRA
       "concepts": {"<concept>": {"<field>": value}}    # per concept, fields of any method that has them
     }
 
@@ -29,6 +30,7 @@ from .errors import EraseError, shorten
 
 PROFILE_FILE = "sd_erasure_profile.json"
 FORMAT = 1
+ADAPTER_LORA = "adapter_lora"  # a method's settings for `adapter` lora
 
 
 @dataclass
@@ -65,16 +67,21 @@ class ModelProfile:
             raise EraseError(f"`concept` {shorten(concept)} is not a concept of this model: its profile "
                              f"({os.path.basename(self.path)}) lists {', '.join(self.concepts)}")
 
-    def settings(self, config_class, method: str, concept: str) -> dict:
-        """What the profile sets for `method` (a registered name, its config `config_class`) and `concept`."""
+    def settings(self, config_class, method: str, concept: str, lora: bool = False) -> dict:
+        """What the profile sets for `method` (a registered name, its config `config_class`) and `concept`;
+        with `lora` (the method trains a LoRA in place of its weights), the method's `adapter_lora`
+        settings over its own: a LoRA starts at zero and moves few parameters, so it wants its own rate."""
         self.check_concept(concept)
         settable = {f.name for f in fields(config_class)
                     if f.default is None or f.default_factory is list}
-        method_settings = self.data.get("methods", {}).get(method, {})
-        unknown = sorted(set(method_settings) - settable)
+        method_settings = dict(self.data.get("methods", {}).get(method, {}))
+        lora_settings = method_settings.pop(ADAPTER_LORA, {})
+        unknown = sorted((set(method_settings) | set(lora_settings)) - settable)
         if unknown:
             raise EraseError(f"model profile {self.path} sets {', '.join(unknown)} for {method}, which its config "
                              f"cannot take from a profile: remove them (settable: {', '.join(sorted(settable))})")
+        if lora:
+            method_settings.update(lora_settings)
         concept_settings = {k: v for k, v in self.concepts.get(concept.strip(), {}).items() if k in settable}
         return {k: v for k, v in {**method_settings, **concept_settings}.items() if not is_unset(v)}
 

@@ -232,6 +232,28 @@ def test_a_closed_vocabulary_and_a_bad_profile_are_refused_in_one_line(profiled,
     assert not (tmp_path / "o").exists()
 
 
+def test_a_profile_gives_a_method_that_trains_a_lora_its_own_settings(profiled):
+    from sd_erasure import EraseError, SalUnConfig
+    from sd_erasure.erasure.folders import resolve_model
+    from sd_erasure.erasure.job import plan_erase
+
+    profile_file = profiled / "sd_erasure_profile.json"
+    profile = json.loads(profile_file.read_text())
+    profile["methods"]["salun"]["adapter_lora"] = {"learning_rate": 0.02}
+    profile_file.write_text(json.dumps(profile))
+    base = resolve_model(str(profiled), None, False)
+    for adapter, rate in (("full", 0.002), ("lora", 0.02)):
+        plan = plan_erase(SalUnConfig(model=str(profiled), concept="thing", adapter=adapter), base)
+        assert (plan.config.learning_rate, plan.sources["learning_rate"]) == (rate, "model profile")
+        assert plan.config.scope == "xattn"  # the method's other settings hold for its LoRA too
+    user = plan_erase(SalUnConfig(model=str(profiled), concept="thing", adapter="lora", learning_rate=1e-4), base)
+    assert user.config.learning_rate == 1e-4  # the user's value still wins
+    profile["methods"]["salun"]["adapter_lora"] = {"steps": 5}
+    profile_file.write_text(json.dumps(profile))
+    with pytest.raises(EraseError, match="sets steps for salun, which its config cannot take from a profile"):
+        plan_erase(SalUnConfig(model=str(profiled), concept="thing"), resolve_model(str(profiled), None, False))
+
+
 def test_the_bundled_profile_is_the_worlds_own(tmp_path):
     from sd_erasure import BUNDLED_MODELS
     from sd_erasure.evaluation.shapes import world_profile
