@@ -1,7 +1,7 @@
 """UCE's edit for many concepts at once (one closed-form solve), on a random-weight pipeline.
 
     python -m benchmarks.bench_uce_concepts --size sd15 --concepts 10 100 --record
-    python -m benchmarks.bench_uce_concepts --size sd15 --concepts 1 10 --lora --record
+    python -m benchmarks.bench_uce_concepts --size sd15 --concepts 1 10 100 --lora --record
 
 Each count erases that many distinct concepts ("concept 0", "concept 1", ...) jointly, as
 `sd-erase erase --method uce --concept ... --concept ...` does, and times the method's edit (text

@@ -3,9 +3,10 @@ layer, in the file `pipe.load_lora_weights(OUT)` loads (diffusers' peft layout, 
 diffusers' own `save_lora_weights`).
 
 Each changed Linear or Conv2d weight ΔW (out × in·k·k) becomes B·A by SVD (float32, on the device
-the weights are on; randomized where the delta's rank is low, see low_rank_svd): exact at the delta's numerical rank (singular values above EXACT_TOLERANCE of
-the largest, above float32 SVD's noise; UCE's delta has rank at most the number of its edited text
-positions), or truncated to `lora_rank`. Two errors are recorded per layer: `relative_error`
+the weights are on; randomized where the delta's rank is low, see low_rank_svd): exact at the
+delta's numerical rank (singular values above EXACT_TOLERANCE of the largest, above float32 SVD's
+noise; UCE's delta has rank at most the number of its edited text positions), or truncated to
+`lora_rank`. Two errors are recorded per layer: `relative_error`
 ‖ΔW − B·A‖/‖ΔW‖, what truncation lost of the edit, and `weight_error` ‖ΔW − B·A‖/‖W‖, how far the
 fused weight is from the erased one. A delta much smaller than its weight carries the float32
 rounding of the stored weights as a full-rank floor, dropped as noise: that shows in
@@ -50,8 +51,9 @@ def low_rank_svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     each of SD-1.5's 32 key/value projections took 3.8 s of a 4 s adapter save on 2 CPU cores. So first
     a randomized range finder (Halko, Martinsson and Tropp 2011) of 8, then 32 columns Q:
     once the part of the delta outside their span, ΔW − QQᵀΔW, has no singular value above
-    EXACT_TOLERANCE of the largest (its spectral norm by power iteration), the full SVD would have kept
-    nothing that the SVD of the small QᵀΔW lacks. A delta of high rank (SalUn's masked one) falls
+    EXACT_TOLERANCE of the largest (its spectral norm, estimated by power iteration), the full SVD
+    would have kept nothing that the SVD of the small QᵀΔW lacks (tests/test_lora_export.py compares
+    the two). A delta of high rank (SalUn's masked one) falls
     through to the full SVD."""
     generator = torch.Generator(matrix.device).manual_seed(0)  # the same factors on every run
     for columns in (8, 32):
