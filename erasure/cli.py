@@ -153,14 +153,15 @@ def cmd_erase(args) -> int:
     result = erase(config)
     if result.record is None:  # the other processes of a multi-process run
         return 0
-    if getattr(args, "push_to_hub", False) and result.erased is False:  # never publish what failed its own check
-        print(f"not pushed: the self-check finds the concept still there (below); to publish it anyway: "
-              f"sd-erase push {shlex.quote(result.output_dir)} --repo-id {push_to}"
-              + (" --private" if private else "") + (f" --license {license}" if license else ""))
-    elif getattr(args, "push_to_hub", False):
-        from .hub import push
+    if getattr(args, "push_to_hub", False):
+        if result.erased is False:  # never publish what failed its own check
+            print(f"not pushed: the self-check finds the concept still there (below); to publish it anyway: "
+                  f"sd-erase push {shlex.quote(result.output_dir)} --repo-id {push_to}"
+                  + (" --private" if private else "") + (f" --license {license}" if license else ""))
+        else:
+            from .hub import push
 
-        print(f"pushed: {push(result.output_dir, push_to, private=private, license=license)}")
+            print(f"pushed: {push(result.output_dir, push_to, private=private, license=license)}")
     from .self_check import EXIT_NOT_ERASED, describe
 
     check = result.record["self_check"]
