@@ -11,8 +11,8 @@ the rest retain. `--groups` adds multi-concept cells ("circle+square", all erase
 ":sequential" erases them one after another). Each cell runs in its own process, erase and
 evaluation, and writes WORK/METHOD/CELL.json, so a run resumes where it stopped; `--jobs` runs cells
 side by side. The base model's images are generated once. Writes WORK/METHOD-matrix.png and
-WORK/summary.json; prints one row per method (mean UA, IRA, CRA, judge-FID, seconds, memory, storage)
-and per group.
+WORK/summary.json (keeping the rows of methods and groups this run did not redo); prints one row per
+method (mean UA, IRA, CRA, judge-FID, seconds, memory, storage) and per group.
 """
 
 import argparse
@@ -150,6 +150,21 @@ def mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def row_key(row: dict) -> tuple:
+    return row["benchmark"], row["method"], row.get("cell")
+
+
+def kept_rows(path: str, new_rows: list[dict]) -> list[dict]:
+    """The rows of an earlier summary.json that this run did not produce again, each with its date, so
+    that re-running one method (or one group) keeps the others' rows."""
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        earlier = json.load(f)
+    replaced = {row_key(r) for r in new_rows}
+    return [{**r, "date": r.get("date", earlier["date"])} for r in earlier["rows"] if row_key(r) not in replaced]
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=["uce", "salun"])
@@ -196,7 +211,7 @@ def main(argv=None) -> dict:
             heat_map(os.path.join(args.work, f"{method}-matrix.png"), f"{method}: erase row, test column",
                      {c: r["accuracy"] for c, r in singles.items()})
             summary["rows"].append({
-                "benchmark": "concept-matrix", "method": method, "cells": len(singles),
+                "benchmark": "concept-matrix", "method": method, "date": summary["date"], "cells": len(singles),
                 **{key: round(mean(r[key] for r in singles.values()), 3) for key in ("UA", "IRA", "CRA", "FID")},
                 "min_UA": min(r["UA"] for r in singles.values()),
                 "min_IRA": min(r["IRA"] for r in singles.values()), "min_CRA": min(r["CRA"] for r in singles.values()),
@@ -210,16 +225,19 @@ def main(argv=None) -> dict:
             if group in cells:
                 r = cells[group]
                 summary["rows"].append({"benchmark": "concept-matrix-group", "method": method, "cell": group,
+                                        "date": summary["date"],
                                         **{k: r[k] for k in ("UA_by_concept", "IRA", "CRA", "FID", "seconds")},
                                         "self_check_erased": r["self_check_erased"]})
+    new_rows = list(summary["rows"])
+    summary["rows"] = kept_rows(os.path.join(args.work, "summary.json"), new_rows) + new_rows
     with open(os.path.join(args.work, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    for row in summary["rows"]:
+    for row in new_rows:
         print(json.dumps({k: v for k, v in row.items() if k != "per_concept"}))
     if args.record:
         with open(RESULTS, "a") as f:
             f.writelines(json.dumps({**row, "date": summary["date"], "images_per_prompt": args.images_per_prompt})
-                         + "\n" for row in summary["rows"])
+                         + "\n" for row in new_rows)
     return summary
 
 

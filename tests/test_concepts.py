@@ -167,3 +167,19 @@ def test_matrix_row_and_multi_concept_score_judge_each_concept_on_its_own_prompt
     assert result["IRA"] == 1.0 and result["CRA"] == 1 - 3 / 27  # 3 objects × 9 style words remain
     heat_map(str(tmp_path / "map.png"), "test", {"circle": row})
     assert (tmp_path / "map.png").stat().st_size > 0 and len(row) == len(WORLD)
+
+
+def test_rerunning_one_method_of_the_matrix_keeps_the_other_methods_rows(tmp_path):
+    from benchmarks.concept_matrix import kept_rows
+
+    earlier = {"date": "2026-11-28", "rows": [
+        {"benchmark": "concept-matrix", "method": "uce", "UA": 0.98},
+        {"benchmark": "concept-matrix", "method": "salun", "UA": 0.90},
+        {"benchmark": "concept-matrix-group", "method": "salun", "cell": "red+green", "IRA": 1.0}]}
+    (tmp_path / "summary.json").write_text(json.dumps(earlier))
+    new = [{"benchmark": "concept-matrix", "method": "salun", "UA": 0.99, "date": "2026-11-29"}]
+    kept = kept_rows(str(tmp_path / "summary.json"), new)
+    assert kept == [{"benchmark": "concept-matrix", "method": "uce", "UA": 0.98, "date": "2026-11-28"},
+                    {"benchmark": "concept-matrix-group", "method": "salun", "cell": "red+green", "IRA": 1.0,
+                     "date": "2026-11-28"}]
+    assert kept_rows(str(tmp_path / "missing.json"), new) == []
