@@ -72,6 +72,27 @@ def unet_weights(folder) -> dict[str, torch.Tensor]:
     return load_file(os.path.join(folder, "unet", "diffusion_pytorch_model.safetensors"))
 
 
+def assert_sharded_salun_matches_one_process(base, one, two) -> None:
+    """SalUn run on 2 processes (half the batch each) against 1 process (the whole batch): the same
+    saliency mask, and UNet weights that differ only by gradient rounding, never outside the mask."""
+    masks = [load_file(os.path.join(run, "saliency_mask.safetensors")) for run in (one, two)]
+    assert masks[0].keys() == masks[1].keys() and all(torch.equal(masks[0][k], masks[1][k]) for k in masks[0])
+    base, first, second = unet_weights(base), unet_weights(one), unet_weights(two)
+    assert any(not torch.equal(first[k], base[k]) for k in base)
+    differ = 0
+    for name in base:
+        # Adam moves an entry by about the learning rate (1e-5) per step: the runs differ by far less.
+        # The gradient sums differ in rounding (gloo's order), and Adam's m/√v amplifies that where a
+        # gradient is near 0: on one machine 1 entry of 9216 differed by 1.5e-6. So: every entry within
+        # one step's size, and all but a few in 10,000 within a tenth of it.
+        difference = (second[name] - first[name]).abs()
+        assert difference.max() < 1e-5, name
+        differ += int((difference > 1e-6).sum())
+        frozen = ~masks[0][name]
+        assert torch.equal(second[name][frozen], base[name][frozen])
+    assert differ <= 1e-4 * sum(first[name].numel() for name in base), differ
+
+
 # Each registered method's cheapest run for the model-family tests (test_sd2, test_sdxl), and the one
 # component it changes (None: no weights, SEOT). {clip}: a CLIP model matching the base's text encoder.
 SMOKE_CHECK = ["--self-check-images", "4"]

@@ -6,7 +6,7 @@ SEOT's folder loads with `custom_pipeline` as an SDXL pipeline that suppresses w
 scores, SLUG steps each text encoder in a layer the UNet reads (and without the second encoder's CLIP
 model is refused in one line before the model loads), the LoRA export loads with the SDXL
 pipeline's `load_lora_weights` (AdvUnlearn's LoRA on both text encoders too), resume reproduces the
-weights, the model card names the SDXL pipeline, and the attack's prefix enters both text encoders
+weights, SalUn on 2 processes gives the 1-process weights, the model card names the SDXL pipeline, and the attack's prefix enters both text encoders
 as its typed text would. On the bundled SDXL-architecture shapes model,
 UCE erases circle for the judge and `sd-erase attack` runs on the result."""
 
@@ -18,8 +18,8 @@ import sys
 import pytest
 import torch
 
-from conftest import (REPO, SMOKE_CHECK, SMOKE_RUNS, assert_resume_reproduces, changed_components, erase_cli,
-                      random_clip, torchrun)
+from conftest import (REPO, SMOKE_CHECK, SMOKE_RUNS, assert_resume_reproduces, assert_sharded_salun_matches_one_process,
+                      changed_components, erase_cli, random_clip, torchrun)
 from sd_erasure import methods
 
 WEIGHTS = {"unet": "unet/diffusion_pytorch_model.safetensors", "text_encoder": "text_encoder/model.safetensors",
@@ -226,6 +226,23 @@ def test_advunlearn_trains_both_text_encoders_as_a_lora_on_two_processes_that_pl
         assert max(float((fused[k] - erased[k]).abs().max()) for k in erased) < 1e-6, component
     record = json.loads((out / "erasure.json").read_text())
     assert record["trained_parameters"]["components"] == ["text_encoder", "text_encoder_2"] and record["processes"] == 2
+
+
+def test_two_processes_erase_sdxl_like_one_with_the_same_global_batch(sdxl, tmp_path):
+    """SalUn (a UNet method: saliency, masked training, the packed added conditions) on 2 CPU
+    processes (torchrun, gloo) at batch 2 each vs 1 process at batch 4, one thread each."""
+    env = {**os.environ, "PYTHONPATH": REPO, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    common = ["-m", "sd_erasure.erasure.cli", "erase", "--model", str(sdxl), "--concept", "a cat", "--num-images", "8",
+              "--synthesis-steps", "2", "--steps", "4", *SMOKE_CHECK]
+    one = subprocess.run([sys.executable, *common, "--batch-size", "4", "--output", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([*torchrun(), *common, "--batch-size", "2", "--output", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-8000:]
+    assert json.loads((tmp_path / "two" / "erasure.json").read_text())["processes"] == 2
+    assert_sharded_salun_matches_one_process(sdxl, tmp_path / "one", tmp_path / "two")
+    assert changed_components(sdxl, tmp_path / "two", WEIGHTS) == {"unet"}
 
 
 def test_resumed_sdxl_run_gives_the_uninterrupted_weights(sdxl, tmp_path):
