@@ -45,6 +45,14 @@ def test_slug_changes_one_text_encoder_group_and_stores_under_one_percent(slug_c
     taken = next(t for t in slug["search"] if t["scale"] == slug["scale"])
     assert taken["kept"] and taken["step"]["text_encoder"] > 0
     assert slug["reached"] == any(t["erased"] and t["kept"] for t in slug["search"])
+    # drawing starts where the free text-only reading last left the concept, and stops once the step
+    # is bracketed within 10%: fewer than the official 10 tries
+    bracket, tries = slug["text_bracket"], slug["search"]
+    assert tries[0]["scale"] == bracket[-1]["scale"] > bracket[0]["scale"]
+    assert all(r["forget_accuracy"] > record["hyperparameters"]["forget_accuracy"] for r in bracket)
+    high = min(t["scale"] for t in tries if t["erased"] or not t["kept"])
+    low = max(t["scale"] for t in tries if t["kept"] and not t["erased"])
+    assert len(tries) < 10 and 0 < high - low <= 0.1 * high
     # the self-check's empty prompt is the base's encoding: through the unchanged UNet its error is the base's
     errors = record["self_check"]["errors"]
     assert errors["erased"]["empty_prompt"] == errors["base"]["empty_prompt"]
@@ -64,8 +72,9 @@ def test_slug_erases_circle_on_the_shapes_world(slug_circle, tmp_path):
 @pytest.mark.parametrize("args, message", [
     ([], "SLUG needs --clip-model"),
     (["--clip-model", "shapes-clip"], "is not this pipeline's text encoder"),
+    (["--search-tolerance", "1"], "--search-tolerance 1.0 is outside [0, 1): use 0"),
 ])
-def test_slug_bad_clip_model_gets_one_line_and_no_output(tiny_sd, tmp_path, capsys, args, message):
+def test_slug_bad_input_gets_one_line_and_no_output(tiny_sd, tmp_path, capsys, args, message):
     out = tmp_path / "out"
     assert erase_cli("--model", tiny_sd, "--concept", "a cat", "--output", out, "--method", "slug", *args) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sd-erase")]
