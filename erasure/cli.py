@@ -257,7 +257,8 @@ def cmd_evaluate(args) -> int:
         from .folders import base_of
 
         metrics = evaluate_shapes(args.model, concept, args.output, base=args.base or base_of(args.model) or "shapes",
-                                  protocol=protocol, overwrite=args.overwrite)
+                                  protocol=protocol, overwrite=args.overwrite,
+                                  facilitated_transport=args.facilitated_transport)
         print(format_table(metrics))
     else:
         from ..evaluation.generate import GenerationSettings
@@ -275,7 +276,8 @@ def cmd_evaluate(args) -> int:
                                    settings=settings, threshold=args.threshold,
                                    blur=args.suite in BLURRED_SUITES and not args.no_blur, real_images=args.real_images,
                                    clip_model=args.clip_model, classifier=args.classifier,
-                                   concept=args.concept[0] if args.concept else None)
+                                   concept=args.concept[0] if args.concept else None,
+                                   facilitated_transport=args.facilitated_transport)
         if metrics is None:  # the other processes of a sharded run
             return 0
         print(json.dumps({name: {k: v for k, v in metrics[name].items() if not isinstance(v, (dict, list))}
@@ -429,6 +431,9 @@ def build_parser() -> Parser:
     evaluate_parser.add_argument("--num-inference-steps", type=int, help="sampler steps; default: 25 (shapes), 50")
     evaluate_parser.add_argument("--guidance-scale", type=float, help="fixed guidance; default: 4 (shapes), 7.5")
     evaluate_parser.add_argument("--per-prompt-guidance", action="store_true", help="use each prompt's evaluation_guidance instead")
+    evaluate_parser.add_argument("--facilitated-transport", action="store_true",
+                                 help="SPM outputs: weigh the membrane per prompt by its closeness to the erased concept "
+                                      "(the paper's inference; default: the adapter fused at full strength)")
     evaluate_parser.add_argument("--seed", type=int, default=0, help="seed for prompts without evaluation_seed (default: 0)")
     prompts = evaluate_parser.add_argument_group("prompts (nudity, i2p)")
     prompts.add_argument("--prompts", help="a shipped set (i2p, nudity-142, coco-10k, imagenette, attack-*) or a CSV with a 'prompt' column")

@@ -10,7 +10,7 @@ import shutil
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-from .errors import EraseError
+from .errors import EraseError, shorten
 from .folders import TRAINABLE_COMPONENTS, BaseModel, weight_files
 from .profile import PROFILE_FILE
 
@@ -83,18 +83,34 @@ def fuse_adapter(pipeline, adapter: str) -> None:
     pipeline.unload_lora_weights()
 
 
-def load_model_or_adapter(model: str, allow_pickle: bool = False):
+def load_model_or_adapter(model: str, allow_pickle: bool = False, facilitated_transport: bool = False):
     """A model to generate with: a pipeline folder, a Hub id or `shapes`; or an `output_format lora`
-    erase output, loaded onto the base model its erasure.json names and fused (what `sd-erase apply` writes)."""
+    erase output, loaded onto the base model its erasure.json names and fused (what `sd-erase apply`
+    writes), or with `facilitated_transport` (SPM outputs) loaded as a membrane weighed per prompt."""
     from .folders import is_adapter_only, resolve_model
     from .lora_export import check_adapter_fits
 
-    if not (os.path.isdir(model) and is_adapter_only(model)):
+    adapter = os.path.isdir(model) and is_adapter_only(model)
+    if facilitated_transport and not adapter:
+        raise EraseError(f"facilitated transport weighs an SPM adapter per prompt, and {shorten(model)} is no adapter "
+                         "output: erase with --method spm (its default --output-format lora)")
+    if not adapter:
         return load_pipeline(resolve_model(model, allow_pickle=allow_pickle), allow_pickle)
     with open(os.path.join(model, "erasure.json")) as f:
-        made_on = json.load(f)["base_model"]
+        record = json.load(f)
+    if facilitated_transport and record.get("method") != "spm":
+        raise EraseError(f"facilitated transport weighs SPM membranes, and {shorten(model)} was erased with "
+                         f"{record.get('method')}: leave out --facilitated-transport")
+    made_on = record["base_model"]
     base = resolve_model(made_on["id"], made_on.get("revision"), allow_pickle)
     check_adapter_fits(model, base.path, base.name)
+    if facilitated_transport:
+        from ..pipelines.spm_transport import StableDiffusionSPMPipeline, StableDiffusionXLSPMPipeline
+
+        transport = {"sd": StableDiffusionSPMPipeline, "sdxl": StableDiffusionXLSPMPipeline}[base.family]
+        pipeline = transport.from_pretrained(base.path, use_safetensors=None if allow_pickle else True)
+        pipeline.load_membranes([model])
+        return pipeline
     pipeline = load_pipeline(base, allow_pickle)
     fuse_adapter(pipeline, model)
     return pipeline

@@ -22,12 +22,14 @@ rate where the official code uses AdamW8bit (bitsandbytes, not a dependency here
 steps and cosine restarts, and draws anchors from the run's seed. For SDXL the anchors replace
 the token states and keep c's added conditions (pooled embedding, size ids).
 
-The paper's facilitated transport (at inference, each membrane scaled by how close the prompt is
-to its concept) needs a custom pipeline; the output is the adapter at full strength, which plain
-`pipe.load_lora_weights(OUT)` applies: the paper's "without FT" setting, where latent anchoring
-alone keeps the other concepts. Membranes of several concepts stack: load each with its own
-`adapter_name` and activate them together with `pipe.set_adapters([...])`; or erase several
-concepts into one membrane (`--concept A --concept B`: a concept's prompt drawn per sample).
+The output is the adapter at full strength, which plain `pipe.load_lora_weights(OUT)` applies: the
+paper's "without FT" setting, where latent anchoring alone keeps the other concepts. The paper's
+facilitated transport (at inference each membrane weighed by how close the prompt is to its concept)
+is `pipelines/spm_transport.py`'s `StableDiffusionSPMPipeline.load_membranes([OUT, ...])`, and
+`sd-erase evaluate --facilitated-transport` measures it. Membranes of several concepts stack: load
+each with its own `adapter_name` and activate them together with `pipe.set_adapters([...])`; or
+erase several concepts into one membrane (`--concept A --concept B`: a concept's prompt drawn per
+sample).
 The config imports no torch.
 """
 

@@ -26,9 +26,11 @@ from .utility import inception_kwargs, classifier_accuracy, clip_score, fid_kid,
 from .shapes import JUDGE_FILE
 
 def evaluate_shapes(model: str, concept: str | list[str], output_dir: str, base: str = "shapes",
-                    protocol: Protocol = Protocol(), overwrite: bool = False, show_progress: bool = True) -> dict:
+                    protocol: Protocol = Protocol(), overwrite: bool = False, show_progress: bool = True,
+                    facilitated_transport: bool = False) -> dict:
     """Evaluate `model` against `base` on the shapes world for an erased `concept` (or several of one
-    kind); writes the report folder."""
+    kind); writes the report folder. `facilitated_transport`: an SPM output's membrane weighed per
+    prompt (pipelines/spm_transport.py) instead of fused at full strength."""
     try:
         concepts, _ = erased_concepts(concept)
     except ValueError as err:
@@ -36,10 +38,12 @@ def evaluate_shapes(model: str, concept: str | list[str], output_dir: str, base:
     output_dir = os.path.abspath(output_dir)
     if os.path.exists(output_dir) and not overwrite:
         raise EraseError(f"output {output_dir} already exists: choose another --output, or pass --overwrite to replace it")
-    pipelines = {name: load_model_or_adapter(path) for name, path in (("base", base), ("erased", model))}
+    erased = load_model_or_adapter(model, facilitated_transport=facilitated_transport)
+    pipelines = {"base": load_model_or_adapter(base), "erased": erased}
     judge = load_judge(JUDGE_FILE)
     metrics, images = evaluate_erasure(pipelines["base"], pipelines["erased"], judge, concept, protocol, show_progress)
-    metrics.update(model=model, base_model=base, versions=library_versions())
+    metrics.update(model=model, base_model=base, versions=library_versions(),
+                   **({"facilitated_transport": True} if facilitated_transport else {}))
     partial = output_dir + ".incomplete"
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(partial)
@@ -90,17 +94,19 @@ BLURRED_SUITES = ("nudity", "i2p")  # their images are pixelated in reports unle
 
 
 def generate_both(models: dict[str, str], rows, prompt_set: str, output_dir: str, settings: GenerationSettings,
-                  show_progress: bool = True) -> tuple[dict, dict, dict]:
+                  show_progress: bool = True, facilitated_transport: bool = False) -> tuple[dict, dict, dict]:
     """Images of the base and the erased model for the same rows and seeds, in OUTPUT/base and
     OUTPUT/erased (sharded over the processes, resumable). Returns folders, manifests, seconds."""
     state = process_state()
     folders = {name: os.path.join(os.path.abspath(output_dir), name) for name in models}
     run_info = {name: {"model": path, "prompt_set": prompt_set} for name, path in models.items()}
+    if facilitated_transport:  # a folder of the other reading of the same adapter is refused
+        run_info["erased"]["facilitated_transport"] = True
     for name in models:  # refuse a folder of another run before loading anything
         check_same_run(folders[name], {"settings": asdict(settings), "prompts": [r.id for r in rows], **run_info[name]})
     manifests, seconds = {}, {}
     for name, path in models.items():
-        pipeline = load_model_or_adapter(path)
+        pipeline = load_model_or_adapter(path, facilitated_transport=facilitated_transport and name == "erased")
         if state.device.type == "cuda":
             pipeline = pipeline.to(torch.float16)
         pipeline.to(state.device)
@@ -166,7 +172,7 @@ def evaluate_prompts(model: str, output_dir: str, suite: str = "nudity", base: s
                      min_nudity: float | None = None, settings: GenerationSettings = GenerationSettings(),
                      threshold: float = DEFAULT_THRESHOLD, blur: bool = True, real_images: str | None = None,
                      clip_model: str | None = None, classifier: str | None = None, concept: str | None = None,
-                     show_progress: bool = True) -> dict | None:
+                     show_progress: bool = True, facilitated_transport: bool = False) -> dict | None:
     """Evaluate base and erased model on the same prompts and seeds; write metrics.json and report.html.
 
     nudity / i2p: NudeNet. coco: FID/KID against `real_images` (+ CLIP score with `clip_model`).
@@ -197,7 +203,8 @@ def evaluate_prompts(model: str, output_dir: str, suite: str = "nudity", base: s
             raise EraseError(f"--concept must name the erased class, one of: {', '.join(sorted(c for c in classes if c))}")
     start = time.perf_counter()
     models = {"base": base, "erased": model}
-    folders, manifests, seconds = generate_both(models, rows, prompt_set, output_dir, settings, show_progress)
+    folders, manifests, seconds = generate_both(models, rows, prompt_set, output_dir, settings, show_progress,
+                                                facilitated_transport)
     if not state.is_main_process:
         return None
     if suite in ("nudity", "i2p"):

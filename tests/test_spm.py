@@ -70,3 +70,67 @@ def test_spm_erases_circle_in_the_shapes_world(tmp_path):
     assert erased["CRA"] >= base["CRA"] - 0.05, metrics
     check = json.loads((out / "erasure.json").read_text())["self_check"]
     assert code == (0 if check["erased"] else EXIT_NOT_ERASED) and check["retain_kept"], (code, check)
+
+
+def official_rates(pipeline, prompt: str, concepts: list[str]) -> list[float]:
+    """infer_spm.py's `clipcos_tokenuni` rate per concept, written out with plain transformers calls:
+    cosine of the flattened padded token states, or the share of the concept's tokens in the prompt."""
+    tokenizer, encoder = pipeline.tokenizer, pipeline.text_encoder
+
+    def states(text):
+        ids = tokenizer([text], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
+        with torch.no_grad():
+            return encoder(ids.input_ids)[0].flatten()
+
+    def words(text):
+        return set(tokenizer(text).input_ids) - set(tokenizer.all_special_ids)
+
+    return [max(float(torch.nn.functional.cosine_similarity(states(prompt), states(c), dim=0)),
+                len(words(prompt) & words(c)) / len(words(c))) for c in concepts]
+
+
+def test_facilitated_transport_weighs_each_membrane_by_the_prompts_closeness_to_its_concept(tiny_sd, membranes):
+    """The SPM pipeline's images for a prompt are the plain pipeline's with each membrane at γ² (the
+    official code scales both factors by γ), γ the official rate; prompts of one call keep their order
+    and seeds."""
+    from diffusers import StableDiffusionPipeline
+
+    from sd_erasure.pipelines.spm_transport import StableDiffusionSPMPipeline
+
+    transport = StableDiffusionSPMPipeline.from_pretrained(str(tiny_sd))
+    transport.load_membranes([str(membranes / "a cat"), str(membranes / "a dog")])
+    plain = StableDiffusionPipeline.from_pretrained(str(tiny_sd))
+    for name in ("a cat", "a dog"):
+        plain.load_lora_weights(str(membranes / name), adapter_name=name.replace(" ", "_"))
+    prompts = ["a photo of a cat", "a tree", "a photo of a cat"]
+    rates = transport.transport_rates(prompts)
+    assert rates[0, 0] == 1.0 and rates[0, 1] < 1.0  # every token of "a cat" is in the prompt, not all of "a dog"
+    for row, prompt in enumerate(prompts):
+        torch.testing.assert_close(rates[row], torch.tensor(official_rates(plain, prompt, ["a cat", "a dog"])))
+    assert rates[1].max() < 1.0
+
+    def generators():
+        return [torch.Generator().manual_seed(i) for i in range(len(prompts))]
+
+    settings = dict(num_inference_steps=2, output_type="pt")
+    for pipe in (transport, plain):
+        pipe.set_progress_bar_config(disable=True)
+    together = transport(prompts, generator=generators(), **settings).images
+    for i, prompt in enumerate(prompts):
+        plain.set_adapters(["a_cat", "a_dog"], (rates[i] ** 2).tolist())
+        alone = plain(prompt, generator=generators()[i], **settings).images[0]
+        torch.testing.assert_close(together[i], alone)
+    plain.set_adapters(["a_cat", "a_dog"], [1.0, 1.0])
+    full = plain(prompts[1], generator=generators()[1], **settings).images[0]
+    assert not torch.allclose(together[1], full)  # the far prompt is not the full-strength membranes' image
+
+
+def test_facilitated_transport_of_an_output_that_is_no_spm_membrane_is_refused_in_one_line(tiny_sd, tmp_path, capsys):
+    from sd_erasure.erasure.cli import main
+
+    out = tmp_path / "report"
+    assert main(["evaluate", "--suite", "shapes", "--model", str(tiny_sd), "--concept", "circle",
+                 "--output", str(out), "--facilitated-transport"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sd-erase")]
+    assert len(err) == 1 and "is no adapter output" in err[0], err
+    assert not out.exists()
