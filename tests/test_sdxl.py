@@ -6,7 +6,7 @@ SEOT's folder loads with `custom_pipeline` as an SDXL pipeline that suppresses w
 scores, SLUG steps each text encoder in a layer the UNet reads (and without the second encoder's CLIP
 model is refused in one line before the model loads), the LoRA export loads with the SDXL
 pipeline's `load_lora_weights` (AdvUnlearn's LoRA on both text encoders too), resume reproduces the
-weights, SalUn on 2 processes gives the 1-process weights, the model card names the SDXL pipeline, and the attack's prefix enters both text encoders
+weights, SalUn on 2 processes gives the 1-process weights, SPM's membrane is weighed per prompt, the model card names the SDXL pipeline, and the attack's prefix enters both text encoders
 as its typed text would. On the bundled SDXL-architecture shapes model,
 UCE erases circle for the judge and `sd-erase attack` runs on the result."""
 
@@ -243,6 +243,33 @@ def test_two_processes_erase_sdxl_like_one_with_the_same_global_batch(sdxl, tmp_
     assert json.loads((tmp_path / "two" / "erasure.json").read_text())["processes"] == 2
     assert_sharded_salun_matches_one_process(sdxl, tmp_path / "one", tmp_path / "two")
     assert changed_components(sdxl, tmp_path / "two", WEIGHTS) == {"unet"}
+
+
+def test_spm_membrane_weighed_per_prompt_on_sdxl_gives_the_plain_pipelines_images_at_that_weight(sdxl, tmp_path):
+    """SPM's facilitated transport on SDXL (its rate read from both encoders' token states): each
+    prompt's image is plain SDXL's with the membrane at γ²."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from sd_erasure.pipelines import StableDiffusionXLSPMPipeline
+
+    args, _ = SMOKE_RUNS["spm"]
+    assert erase_cli("--model", sdxl, "--concept", "a cat", "--output", tmp_path / "spm", "--method", "spm",
+                     *args) in (0, 3)
+    transport = StableDiffusionXLSPMPipeline.from_pretrained(sdxl)
+    transport.load_membranes([str(tmp_path / "spm")])
+    plain = StableDiffusionXLPipeline.from_pretrained(sdxl)
+    plain.load_lora_weights(str(tmp_path / "spm"), adapter_name="cat")
+    prompts = ["a photo of a cat", "a tree"]
+    rates = transport.transport_rates(prompts)[:, 0]
+    assert rates[0] == 1.0 and rates[1] < 1.0
+    settings = dict(num_inference_steps=2, output_type="pt")
+    for pipe in (transport, plain):
+        pipe.set_progress_bar_config(disable=True)
+    together = transport(prompts, generator=[torch.Generator().manual_seed(i) for i in range(2)], **settings).images
+    for i, prompt in enumerate(prompts):
+        plain.set_adapters(["cat"], [float(rates[i]) ** 2])
+        alone = plain(prompt, generator=torch.Generator().manual_seed(i), **settings).images[0]
+        torch.testing.assert_close(together[i], alone)
 
 
 def test_resumed_sdxl_run_gives_the_uninterrupted_weights(sdxl, tmp_path):
