@@ -6,9 +6,10 @@ SEOT's folder loads with `custom_pipeline` as an SDXL pipeline that suppresses w
 scores, SLUG steps each text encoder in a layer the UNet reads (and without the second encoder's CLIP
 model is refused in one line before the model loads), the LoRA export loads with the SDXL
 pipeline's `load_lora_weights` (AdvUnlearn's LoRA on both text encoders too), resume reproduces the
-weights, SalUn on 2 processes gives the 1-process weights, SPM's membrane is weighed per prompt, the model card names the SDXL pipeline, and the attack's prefix enters both text encoders
-as its typed text would. On the bundled SDXL-architecture shapes model,
-UCE erases circle for the judge and `sd-erase attack` runs on the result."""
+weights, SalUn on 2 processes gives the 1-process weights, SPM's membrane is weighed per prompt, the
+model card names the SDXL pipeline, and the attack's prefix enters both text encoders as its typed
+text would. On the bundled SDXL-architecture shapes model, UCE erases circle for the judge and
+`sd-erase attack` runs on the result."""
 
 import json
 import os
