@@ -160,6 +160,8 @@ def build_model_card(folder: str, repo_id: str, license: str | None = None, metr
         robustness=_robustness(attack) if attack else None, citation=registered.citation if registered else "",
         text_encoder_changed=record.get("changed", {}).get("text_encoder", {}).get("entries", 0) > 0,
         custom_pipeline=os.path.isfile(os.path.join(folder, "pipeline.py")), adapter=adapter, pipeline_class=stock_class,
+        spm=adapter and method == "spm",
+        spm_pipeline_class="StableDiffusionXLSPMPipeline" if xl else "StableDiffusionSPMPipeline",
     )
     check_card_yaml(card)
     return card

@@ -70,6 +70,12 @@ def test_spm_erases_circle_in_the_shapes_world(tmp_path):
     assert erased["CRA"] >= base["CRA"] - 0.05, metrics
     check = json.loads((out / "erasure.json").read_text())["self_check"]
     assert code == (0 if check["erased"] else EXIT_NOT_ERASED) and check["retain_kept"], (code, check)
+    # its card says how to load the membrane with plain diffusers, and with facilitated transport
+    from sd_erasure.erasure.hub import build_model_card
+
+    card = build_model_card(str(out), "someone/shapes-spm-circle", license="mit").text
+    assert "pipe.load_lora_weights(\"someone/shapes-spm-circle\")" in card
+    assert "StableDiffusionSPMPipeline.from_pretrained" in card and "load_membranes([\"someone/shapes-spm-circle\"])" in card
 
 
 def official_rates(pipeline, prompt: str, concepts: list[str]) -> list[float]:
