@@ -492,10 +492,10 @@ def erase_pipeline(pipeline, config: SlugConfig, session) -> tuple[dict, dict]:
         "summary": [
             ["updated weights", f"{updated} (one layer each, one gradient step); the UNet and everything else "
                                 "unchanged"],
-            ["step size", f"{steps} by binary search on {criterion} ({len(tries)} tries from "
-                          f"{tries[0]['scale']:g} of ‖θ‖/‖g‖"
-                          + (f", after {len(bracket)} text-only" if bracket else "") + "); " + ("reached" if reached else "NOT reached: the largest step that kept the "
-                                                                        "retain set is kept")],
+            ["step size", f"{steps} by binary search on {criterion} ({len(tries)} tries from {tries[0]['scale']:g} "
+                          "of ‖θ‖/‖g‖" + (f", after {len(bracket)} text-only" if bracket else "") + "); "
+                          + ("reached" if reached else
+                             "NOT reached: the largest step that kept the retain set is kept")],
             ["CLIP zero-shot", f"forget accuracy {base['forget_accuracy']:.2f} → {final['forget_accuracy']:.2f}, "
                                f"retain accuracy {base['retain_accuracy']:.2f} → {final['retain_accuracy']:.2f} "
                                f"(image tower: {', '.join(config.clip_models)})"],
