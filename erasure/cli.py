@@ -89,7 +89,8 @@ def _help(name: str, owners: list[str], every: int) -> str:
     defaults = {m: default_text(g) for m, g in declared.items()}
     if any(defaults.values()):
         text += f" (default: {_per_method({m: d or 'none' for m, d in defaults.items()})})"
-    return text + (f" [{', '.join(owners)}]" if len(owners) < every else "")
+    text += f" [{', '.join(owners)}]" if len(owners) < every else ""
+    return text.replace("%", "%%")  # argparse %-formats help: a config's "10%" is text
 
 
 def add_erase_arguments(p: argparse.ArgumentParser) -> None:
