@@ -66,10 +66,16 @@ def suppressing_pipeline_files(pipeline) -> dict[str, str]:
     return {"pipeline.py": inspect.getfile(pipeline_class), "suppress_eot.py": suppress_eot.__file__}
 
 
-def load_pipeline(base: BaseModel, allow_pickle: bool = False):
+def load_pipeline(base: BaseModel, allow_pickle: bool = False, pipeline_classes: dict | None = None):
     """Load the base pipeline in fp32 (the master weights of fine-tuning), safetensors only by default;
-    an SEOT output with this package's SEOT pipeline class (no code from the folder runs)."""
-    pipeline_class = suppressing_classes()[base.family] if suppressing_pipeline(base.path) else PIPELINE_CLASSES[base.family]
+    an SEOT output with this package's SEOT pipeline class (no code from the folder runs); with
+    `pipeline_classes` (by family), that class."""
+    if pipeline_classes:
+        pipeline_class = pipeline_classes[base.family]
+    elif suppressing_pipeline(base.path):
+        pipeline_class = suppressing_classes()[base.family]
+    else:
+        pipeline_class = PIPELINE_CLASSES[base.family]
     try:
         return pipeline_class.from_pretrained(base.path, use_safetensors=None if allow_pickle else True)
     except OSError as err:
@@ -107,8 +113,8 @@ def load_model_or_adapter(model: str, allow_pickle: bool = False, facilitated_tr
     if facilitated_transport:
         from ..pipelines.spm_transport import StableDiffusionSPMPipeline, StableDiffusionXLSPMPipeline
 
-        transport = {"sd": StableDiffusionSPMPipeline, "sdxl": StableDiffusionXLSPMPipeline}[base.family]
-        pipeline = transport.from_pretrained(base.path, use_safetensors=None if allow_pickle else True)
+        pipeline = load_pipeline(base, allow_pickle,
+                                 {"sd": StableDiffusionSPMPipeline, "sdxl": StableDiffusionXLSPMPipeline})
         pipeline.load_membranes([model])
         return pipeline
     pipeline = load_pipeline(base, allow_pickle)
